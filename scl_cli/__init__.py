@@ -1,0 +1,3 @@
+"""scl: vision-language pre-training with Semantic Completion Learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,51 @@
+"""Global semantic completion (the paper's contribution).
+
+Pass A fuses the patch-dropped image with the full text; pass B the masked text with the full
+image. The masked image's global feature (pass A) is pulled towards the unmasked image's global
+feature (pass B), and the masked text's (pass B) towards the unmasked text's (pass A). Targets are
+detached: a masked modality can only recover its missing semantics through the other one.
+For video the image term is computed per frame class token and averaged over frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from scl_cli.objectives.contrastive import symmetric_contrastive_loss
+from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
+from scl_cli.training.step_context import StepContext
+
+
+class SCLGlobalSettings(ObjectiveSettings):
+    temperature: float = Field(0.03, gt=0)
+
+
+def frame_class_tokens(stream: torch.Tensor, frames: int) -> torch.Tensor:
+    """[B, T*(1+n), D] image stream -> [B, T, D] class token of every frame."""
+    return stream.unflatten(1, (frames, -1))[:, :, 0]
+
+
+@register
+class SCLGlobal(Objective):
+    name = "scl_global"
+    Settings = SCLGlobalSettings
+    settings: SCLGlobalSettings
+
+    def plan(self, ctx: StepContext) -> None:
+        ctx.request_fusion("scl_masked_image", text="full", image="drop")
+        ctx.request_fusion("scl_masked_text", text="scl", image="full")
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        t = self.settings.temperature
+        masked_image, masked_text = ctx.fused("scl_masked_image"), ctx.fused("scl_masked_text")
+        pred_frames = F.normalize(frame_class_tokens(masked_image.image, ctx.frames), dim=-1)
+        target_frames = F.normalize(frame_class_tokens(masked_text.image, ctx.frames).detach(), dim=-1)
+        image_term = torch.stack(
+            [symmetric_contrastive_loss(pred_frames[:, f], target_frames[:, f], t) for f in range(ctx.frames)]
+        ).mean()
+        pred_text = F.normalize(masked_text.text[:, 0], dim=-1)
+        target_text = F.normalize(masked_image.text[:, 0].detach(), dim=-1)
+        text_term = symmetric_contrastive_loss(pred_text, target_text, t)
+        return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}

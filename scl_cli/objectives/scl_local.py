@@ -1,0 +1,55 @@
+"""Local semantic completion (GLSCL): token-level recovery of masked patches and words.
+
+A third pass fuses the mask-token image (patches replaced, not dropped) with the full text; its
+outputs at the masked patches are contrasted against the detached outputs at the same positions of
+the unmasked-image pass B. The text outputs at the masked words of pass B are contrasted against
+the detached outputs at those positions of pass A (full text). Every masked token of the gathered
+batch is a candidate. `weight` applies to each modality's term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from scl_cli.objectives.contrastive import symmetric_contrastive_loss
+from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
+from scl_cli.training.step_context import StepContext
+
+
+class SCLLocalSettings(ObjectiveSettings):
+    temperature: float = Field(0.03, gt=0)
+
+
+def tokens_at(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """stream [B, S, D], index [B, K] -> [B*K, D]."""
+    picked = stream.gather(1, index[..., None].expand(-1, -1, stream.shape[-1]))
+    return picked.flatten(0, 1)
+
+
+@register
+class SCLLocal(Objective):
+    name = "scl_local"
+    Settings = SCLLocalSettings
+    settings: SCLLocalSettings
+    default_weight = 0.2
+
+    def plan(self, ctx: StepContext) -> None:
+        ctx.request_fusion("scl_masked_image", text="full", image="drop")
+        ctx.request_fusion("scl_masked_text", text="scl", image="full")
+        ctx.request_fusion("scl_masktok_image", text="full", image="masktok")
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        t = self.settings.temperature
+        image_pos = ctx.masked_image_positions()
+        pred = tokens_at(ctx.fused("scl_masktok_image").image, image_pos)
+        target = tokens_at(ctx.fused("scl_masked_text").image, image_pos).detach()
+        image_term = symmetric_contrastive_loss(F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t)
+        words = ctx.scl_text_mask
+        pred = tokens_at(ctx.fused("scl_masked_text").text, words.index)
+        target = tokens_at(ctx.fused("scl_masked_image").text, words.index).detach()
+        text_term = symmetric_contrastive_loss(
+            F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t, valid=words.valid.flatten()
+        )
+        return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}

@@ -1,0 +1,258 @@
+"""Engine of `scl prepare`: turn a data set into shards + manifest.json under OUT/NAME/.
+
+Engines never print: progress goes to an optional `progress(stage, done, total)` callback.
+Only the synthetic `shapes` corpus exists so far; real-data preparers plug into `PREPARERS`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scl_cli import __version__
+from scl_cli.data.shapes import generate_image, generate_pair, make_statement, objects_from_json
+from scl_cli.data.shards import MANIFEST, ShardWriter, read_manifest, write_manifest
+from scl_cli.data.tokenizer import train_bpe_tokenizer
+from scl_cli.errors import DataError, UsageError
+
+ProgressFn = Callable[[str, int, int], None]
+SPLIT_SHARES = {"train": 0.8, "val": 0.1, "test": 0.1}
+TOKENIZER_VOCAB = 1000
+_REPORT_EVERY = 100  # samples between progress calls
+
+
+@dataclass
+class PrepareSummary:
+    """What `prepare` did: samples per split, per task group (e.g. nlvr2) and the time it took."""
+
+    name: str
+    path: Path
+    splits: dict[str, int]
+    tasks: dict[str, dict[str, int]]
+    seconds: float
+
+
+def split_sizes(images: int) -> dict[str, int]:
+    """Images per split: 10% val, 10% test (at least one each), the rest train."""
+    held_out = max(1, round(images * SPLIT_SHARES["val"]))
+    return {"train": images - 2 * held_out, "val": held_out, "test": held_out}
+
+
+def _dumps(record: dict) -> str:
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _reporting(progress: ProgressFn | None, stage: str, total: int, items: Iterable) -> Iterator:
+    """Pass `items` through, calling `progress` at the start, every few items and at the end."""
+    if progress:
+        progress(stage, 0, total)
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        if progress and (done % _REPORT_EVERY == 0 or done == total):
+            progress(stage, done, total)
+
+
+@contextmanager
+def _mapper(workers: int) -> Iterator[Callable]:
+    """An ordered `map` over `workers` processes (or in this process for one worker)."""
+    if workers <= 1:
+        yield map
+        return
+    with multiprocessing.Pool(workers) as pool:
+        yield pool.imap
+
+
+def _existing_target(target: Path) -> None:
+    """Refuse to replace a folder that is not an earlier shapes data set."""
+    if not target.exists():
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    try:
+        if read_manifest(target).get("name") == "shapes":
+            return
+    except DataError:  # no readable manifest: not ours
+        pass
+    raise UsageError(f"{target}: exists and is not a shapes data set — remove it or choose another --out")
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    split: str
+    split_size: int
+    shard: int
+
+
+def _render_shard(
+    work: Path, seed: int, image_size: int, shard_size: int, task: _ShardTask
+) -> tuple[dict, list[tuple[bytes, dict]]]:
+    """Render and write one image shard (in a worker process); returns its manifest entry and its
+    (jpeg, record) samples."""
+    samples = []
+    first = task.shard * shard_size
+    with ShardWriter(work / task.split, shard_size, relative_to=work, first_shard=task.shard) as writer:
+        for index in range(first, min(task.split_size, first + shard_size)):
+            jpeg, record = generate_image(seed, task.split, index, image_size)
+            writer.write({"__key__": record["id"], "jpg": jpeg, "json": _dumps(record)})
+            samples.append((jpeg, record))
+    return writer.shards[0], samples
+
+
+def _image_shards(
+    work: Path, sizes: dict[str, int], seed: int, image_size: int, shard_size: int, mapper: Callable,
+    progress: ProgressFn | None,
+) -> Iterator[tuple[str, list[dict], list[tuple[bytes, dict]]]]:  # fmt: skip
+    """Render every split, one task per shard over all splits so workers stay busy; yields each
+    split (shard list, every (jpeg, record)) as soon as it is complete."""
+    tasks = [_ShardTask(split, n, k) for split, n in sizes.items() for k in range(-(-n // shard_size))]
+    results = mapper(functools.partial(_render_shard, work, seed, image_size, shard_size), tasks)
+    shards: list[dict] = []
+    samples: list[tuple[bytes, dict]] = []
+    for split, n in sizes.items():
+        if progress:
+            progress(split, 0, n)
+    for task, (shard, shard_samples) in zip(tasks, results, strict=True):
+        shards.append(shard)
+        samples.extend(shard_samples)
+        if progress:
+            progress(task.split, len(samples), task.split_size)
+        if len(samples) == task.split_size:
+            yield task.split, shards, samples
+            shards, samples = [], []
+
+
+def _write_pairs(
+    work: Path, split: str, images: list[tuple[bytes, dict]], seed: int, shard_size: int,
+    progress: ProgressFn | None,
+) -> tuple[int, list[dict], list[str]]:  # fmt: skip
+    """NLVR2-style pairs of the split's images; returns the count, shard list and statements."""
+    count = max(1, len(images) // 2)
+    statements = []
+    with ShardWriter(work / "nlvr2" / split, shard_size, relative_to=work) as writer:
+        for index in _reporting(progress, f"nlvr2/{split}", count, range(count)):
+            first, second, label, rng = generate_pair(seed, split, index, len(images))
+            (jpeg0, rec0), (jpeg1, rec1) = images[first], images[second]
+            statement = make_statement(objects_from_json(rec0), objects_from_json(rec1), label, rng)
+            key = f"{split}-pair-{index:06d}"
+            record = {"id": key, "statement": statement, "label": label, "images": [rec0["id"], rec1["id"]]}
+            writer.write({"__key__": key, "img0.jpg": jpeg0, "img1.jpg": jpeg1, "json": _dumps(record)})
+            statements.append(statement)
+    return count, writer.shards, statements
+
+
+def _texts(records: Iterable[dict]) -> Iterator[str]:
+    for record in records:
+        yield from record["captions"]
+        for qa in record["vqa"]:
+            yield qa["question"]
+            yield qa["answer"]
+
+
+def prepare_shapes(
+    out_root: Path,
+    images: int = 10000,
+    seed: int = 0,
+    image_size: int = 128,
+    shard_size: int = 1000,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Generate the synthetic shapes corpus into `out_root/shapes/` and return that folder.
+
+    Writes `{train,val,test}/NNNNNN.tar` (image + captions/objects/VQA per sample),
+    `nlvr2/{train,val,test}/NNNNNN.tar` (image pairs + statement + label), `tokenizer.json`
+    (byte-level BPE trained on the train texts) and `manifest.json`. The same arguments give
+    byte-identical files whatever `workers` is. The folder is built aside and swapped in at the end.
+    """
+    if images < 10:
+        raise UsageError(f"--images {images}: need at least 10 (one each for val and test)")
+    if image_size < 32:
+        raise UsageError(
+            f"image_size {image_size}: need at least 32 pixels for the shapes to be recognisable"
+        )
+    if shard_size < 1:
+        raise UsageError(f"shard_size {shard_size}: need at least 1 sample per shard")
+    out_root = Path(out_root)
+    target, work = out_root / "shapes", out_root / ".shapes.partial"
+    _existing_target(target)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    manifest: dict[str, Any] = {
+        "name": "shapes",
+        "version": 1,
+        "seed": seed,
+        "image_size": image_size,
+        "generator": f"scl_cli {__version__}",
+        "source": "synthetic: `scl prepare shapes`",
+        "splits": {},
+        "nlvr2": {},
+        "tokenizer": "tokenizer.json",
+        "skipped": [],
+    }
+    texts: list[str] = []
+    n_workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    with _mapper(n_workers) as mapper:
+        for split, shards, samples in _image_shards(work, split_sizes(images), seed, image_size, shard_size,
+                                                    mapper, progress):  # fmt: skip
+            manifest["splits"][split] = {"samples": len(samples), "shards": shards}
+            n_pairs, pair_shards, statements = _write_pairs(work, split, samples, seed, shard_size, progress)
+            manifest["nlvr2"][split] = {"samples": n_pairs, "shards": pair_shards}
+            if split == "train":
+                texts = [*_texts(record for _, record in samples), *statements]
+    if progress:
+        progress("tokenizer", 0, 1)
+    train_bpe_tokenizer(texts, TOKENIZER_VOCAB).save(work / "tokenizer.json")
+    if progress:
+        progress("tokenizer", 1, 1)
+    write_manifest(work, manifest)
+    _swap_in(work, target)
+    return target
+
+
+def _swap_in(work: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(work, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+PREPARERS: dict[str, Callable[..., Path]] = {"shapes": prepare_shapes}
+
+
+def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
+    """Prepare data set `name` into `out/name/`; `options` are the preparer's keyword arguments
+    (e.g. images, seed, workers, progress). `UsageError` for an unknown name or option."""
+    if name not in PREPARERS:
+        raise UsageError(f"unknown data set '{name}' (known: {', '.join(sorted(PREPARERS))})")
+    preparer = PREPARERS[name]
+    accepted = set(inspect.signature(preparer).parameters) - {"out_root"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise UsageError(
+            f"prepare {name}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(accepted))})"
+        )
+    started = time.perf_counter()
+    path = preparer(Path(out), **options)
+    seconds = time.perf_counter() - started
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    counts = {
+        group: {split: entry["samples"] for split, entry in entries.items()}
+        for group, entries in manifest.items()
+        if isinstance(entries, dict) and entries and all("shards" in e for e in entries.values())
+    }
+    splits = counts.pop("splits")
+    return PrepareSummary(name, path, splits, counts, seconds)

@@ -1,0 +1,1 @@
+"""Shared training parts: checkpoints, optimiser and schedule, metrics, distributed helpers, the loop."""

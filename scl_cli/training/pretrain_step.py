@@ -1,0 +1,45 @@
+"""One pre-training forward: shared passes, every enabled objective, the weighted sum.
+
+Wrapping the step in a module gives DDP/FSDP one `forward` to hook into, whatever objectives
+the recipe enables; the trainer only calls it and backpropagates `total`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scl_cli.model import SCLModel
+from scl_cli.objectives.registry import Objective
+from scl_cli.recipe.schema import MaskingConfig
+from scl_cli.training.masking import TextSpec
+from scl_cli.training.step_context import StepContext
+
+
+class PretrainStep(nn.Module):
+    def __init__(
+        self, model: SCLModel, objectives: dict[str, Objective], masking: MaskingConfig, spec: TextSpec
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.objectives = objectives
+        self.masking = masking
+        self.spec = spec
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Returns `total` (weighted sum, with gradient) and detached per-objective values:
+        `NAME` for each loss and `NAME/extra` for what an objective reports besides."""
+        ctx = StepContext(self.model, batch, self.masking, self.spec)
+        for objective in self.objectives.values():
+            objective.plan(ctx)
+        ctx.run_fusion()
+        total = torch.zeros((), device=ctx.device)
+        logs: dict[str, torch.Tensor] = {}
+        for name, objective in self.objectives.items():
+            out = objective.loss(ctx)
+            loss = out.pop("loss")
+            total = total + objective.settings.weight * loss
+            logs[name] = loss.detach()
+            logs.update({f"{name}/{key}": value for key, value in out.items()})
+        logs["total"] = total
+        return logs

@@ -1,0 +1,86 @@
+"""Where and how a run computes: device, mixed precision, process group, seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scl_cli.errors import UsageError
+from scl_cli.recipe.schema import TopologyConfig
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    precision: str  # "bf16" | "fp16" | "fp32"
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16/fp16 autocast where the recipe asks for it; a no-op in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 needs loss scaling; bf16 and fp32 do not."""
+        if self.precision == "fp16" and self.device.type == "cuda":
+            return torch.amp.GradScaler("cuda")
+        return None
+
+
+def resolve_device(topology: TopologyConfig, local_rank: int = 0) -> torch.device:
+    if topology.device == "cuda" or (topology.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UsageError(
+                "topology.device = 'cuda' but no CUDA device is visible; use --set topology.device=cpu"
+            )
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def resolve_precision(topology: TopologyConfig, device: torch.device) -> str:
+    if topology.precision != "auto":
+        if topology.precision == "fp16" and device.type != "cuda":
+            raise UsageError("topology.precision = 'fp16' needs a CUDA device; use bf16 or fp32 on CPU")
+        return topology.precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def setup_runtime(topology: TopologyConfig) -> Runtime:
+    """Join the process group when started by torchrun; otherwise one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(topology, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, resolve_precision(topology, device), rank, world, local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

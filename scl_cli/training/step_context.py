@@ -1,0 +1,192 @@
+"""The shared passes of one pre-training step (DESIGN §1.4).
+
+Objectives never call the encoders themselves. They ask the context for unimodal encodings
+(computed once per variant and cached) and declare the fusion passes they need; the context
+runs every declared fusion pass of the same shape in one batched call. With all objectives on,
+a step runs the vision encoder three times (full, patch-dropped, mask-token), the text encoder
+three times (full, MLM-masked, SCL-masked) and the fusion encoder twice (the dropped-patch pass,
+and one call batching every full-length pass) — against about five full ViT passes per sample in
+the paper's code.
+
+Variants:
+- image: "full", "drop" (MAE-style dropping, global SCL), "masktok" (mask tokens, local SCL)
+- text: "full", "mlm" (15% whole-word BERT masking), "scl" (40% <mask>, global/local SCL)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from scl_cli.recipe.schema import MaskingConfig
+from scl_cli.training import masking as M
+
+if TYPE_CHECKING:
+    from scl_cli.model import FusionOutput, ImageEncoding, SCLModel
+
+
+@dataclass
+class FusionRequest:
+    text: str
+    image: str
+    image_index: torch.Tensor | None = None  # [B]: pair text i with image image_index[i]
+
+
+class StepContext:
+    """Per-step cache of encodings, masks and fusion outputs for one micro-batch.
+
+    batch: `images` [B, T, 3, H, W] float, `text_ids` [B, L] int64, `text_mask` [B, L] (1 = token).
+    """
+
+    def __init__(
+        self, model: SCLModel, batch: dict[str, torch.Tensor], masking: MaskingConfig, spec: M.TextSpec
+    ):
+        self.model = model
+        self.masking = masking
+        self.spec = spec
+        self.images = batch["images"]
+        self.text_ids = batch["text_ids"]
+        self.text_mask = batch["text_mask"]
+        self.batch_size, self.frames = self.images.shape[:2]
+        self.device = self.images.device
+        vcfg = model.config.vision
+        self.patches = (vcfg.image_size // vcfg.patch_size) ** 2
+        self._images: dict[str, ImageEncoding] = {}
+        self._image_embeds: dict[str, torch.Tensor] = {}
+        self._texts: dict[str, torch.Tensor] = {}
+        self._text_embeds: dict[str, torch.Tensor] = {}
+        self._masks: dict[str, object] = {}
+        self._requests: dict[str, FusionRequest] = {}
+        self._fused: dict[str, FusionOutput] = {}
+        self._itc: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ masks (drawn once per step)
+    @property
+    def patch_drop(self) -> M.PatchDrop:
+        if "drop" not in self._masks:
+            self._masks["drop"] = M.drop_patches(
+                self.batch_size, self.patches, self.masking.scl_image_drop, self.device
+            )
+        return self._masks["drop"]  # type: ignore[return-value]
+
+    @property
+    def patch_mask(self) -> M.PatchMask:
+        if "masktok" not in self._masks:
+            self._masks["masktok"] = M.mask_patches(
+                self.batch_size, self.patches, self.masking.scl_local_image_mask, self.device
+            )
+        return self._masks["masktok"]  # type: ignore[return-value]
+
+    @property
+    def mlm_mask(self) -> M.TextMask:
+        if "mlm" not in self._masks:
+            m = self.masking
+            self._masks["mlm"] = M.mask_words_for_mlm(
+                self.text_ids, self.text_mask, self.spec, m.mlm_prob, m.mlm_whole_word,
+                m.mlm_mask_share, m.mlm_random_share,
+            )  # fmt: skip
+        return self._masks["mlm"]  # type: ignore[return-value]
+
+    @property
+    def scl_text_mask(self) -> M.TextMask:
+        if "scl" not in self._masks:
+            self._masks["scl"] = M.mask_text_span(
+                self.text_ids, self.text_mask, self.spec, self.masking.scl_text_mask
+            )
+        return self._masks["scl"]  # type: ignore[return-value]
+
+    def masked_image_positions(self) -> torch.Tensor:
+        """[B, T*M] token positions (in the encoded clip) of the mask-token patches."""
+        return M.frame_token_index(self.patch_mask.index, self.frames, self.patches)
+
+    # ------------------------------------------------------------------ unimodal passes (cached)
+    def image(self, variant: str = "full") -> ImageEncoding:
+        if variant not in self._images:
+            if variant == "full":
+                enc = self.model.encode_image(self.images)
+            elif variant == "drop":
+                enc = self.model.encode_image(self.images, keep_index=self.patch_drop.keep_index)
+            elif variant == "masktok":
+                enc = self.model.encode_image(self.images, token_mask=self.patch_mask.mask)
+            else:
+                raise KeyError(f"unknown image variant {variant!r}")
+            self._images[variant] = enc
+        return self._images[variant]
+
+    def text(self, variant: str = "full") -> torch.Tensor:
+        if variant not in self._texts:
+            self._texts[variant] = self.model.encode_text(self.text_ids_of(variant), self.text_mask)
+        return self._texts[variant]
+
+    def text_ids_of(self, variant: str) -> torch.Tensor:
+        if variant == "full":
+            return self.text_ids
+        if variant == "mlm":
+            return self.mlm_mask.ids
+        if variant == "scl":
+            return self.scl_text_mask.ids
+        raise KeyError(f"unknown text variant {variant!r}")
+
+    def image_embeds(self, variant: str) -> torch.Tensor:
+        if variant not in self._image_embeds:
+            self._image_embeds[variant] = self.model.embed_image(self.image(variant))
+        return self._image_embeds[variant]
+
+    def text_embeds(self, variant: str) -> torch.Tensor:
+        if variant not in self._text_embeds:
+            self._text_embeds[variant] = self.model.embed_text(self.text(variant))
+        return self._text_embeds[variant]
+
+    def itc(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm ITC embeddings (text [B, E], image [B, E]) of the unmasked inputs."""
+        if self._itc is None:
+            self._itc = self.model.itc_embeddings(self.text("full"), self.image("full"))
+        return self._itc
+
+    # ------------------------------------------------------------------ fusion passes
+    def request_fusion(
+        self, name: str, text: str = "full", image: str = "full", image_index: torch.Tensor | None = None
+    ) -> None:
+        """Declare a fusion pass; the same name declared twice must mean the same pass."""
+        req = FusionRequest(text, image, image_index)
+        old = self._requests.get(name)
+        if old is not None:
+            if (old.text, old.image) != (text, image) or old.image_index is not image_index:
+                raise ValueError(f"fusion pass {name!r} requested twice with different inputs")
+            return
+        self._requests[name] = req
+
+    def run_fusion(self) -> None:
+        """Run all declared passes, one batched fusion call per image sequence length."""
+        pending = [n for n in self._requests if n not in self._fused]
+        groups: dict[int, list[str]] = {}
+        for name in pending:
+            groups.setdefault(self.image_embeds(self._requests[name].image).shape[1], []).append(name)
+        for names in groups.values():
+            texts, images = [], []
+            for name in names:
+                req = self._requests[name]
+                img = self.image_embeds(req.image)
+                if req.image_index is not None:
+                    img = img.index_select(0, req.image_index)
+                texts.append(self.text_embeds(req.text))
+                images.append(img)
+            mask = self.text_mask.repeat(len(names), 1)
+            out = self.model.fuse(torch.cat(texts), mask, torch.cat(images))
+            for name, t, i in zip(
+                names, out.text.split(self.batch_size), out.image.split(self.batch_size), strict=True
+            ):
+                self._fused[name] = type(out)(text=t, image=i)
+
+    def fused(self, name: str) -> FusionOutput:
+        if name not in self._fused:
+            if name not in self._requests:
+                raise KeyError(f"fusion pass {name!r} was not requested in plan()")
+            self.run_fusion()
+        return self._fused[name]
+
+    def pooled(self, name: str) -> torch.Tensor:
+        """[B, 2D] pooled features (`cls_feats`) of a fusion pass."""
+        return self.model.pooled(self.fused(name), self.frames)

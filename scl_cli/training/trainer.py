@@ -1,0 +1,218 @@
+"""The pre-training loop: accumulation, mixed precision, clipping, logging, checkpoints, resume."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scl_cli.reporting import Reporter
+from scl_cli.training.checkpoint import capture_rng_state, save_checkpoint
+from scl_cli.training.metrics import MetricsLogger
+from scl_cli.training.runtime import Runtime
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    micro_batches: int = 0  # data position: micro-batches this process consumed
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    first_loss: float | None = None
+    last_loss: float | None = None
+    last_checkpoint: Path | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs `step_module` (a PretrainStep, possibly DDP-wrapped) until `max_steps`.
+
+    `save_fn(step, training_state)` writes a checkpoint (rank 0); it is called every
+    `checkpoint_every` steps, at the end, and when the run is interrupted with Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        step_module: nn.Module,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        runtime: Runtime,
+        *,
+        max_steps: int,
+        accumulation: int,
+        global_batch: int,
+        grad_clip: float | None,
+        log_every: int,
+        checkpoint_every: int,
+        save_fn,
+        metrics: MetricsLogger,
+        reporter: Reporter,
+    ) -> None:
+        self.step_module = step_module
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.rt = runtime
+        self.max_steps = max_steps
+        self.accumulation = accumulation
+        self.global_batch = global_batch
+        self.grad_clip = grad_clip
+        self.log_every = log_every
+        self.checkpoint_every = checkpoint_every
+        self.save_fn = save_fn
+        self.metrics = metrics
+        self.reporter = reporter
+        self.scaler = runtime.grad_scaler()
+
+    def training_state(self, state: TrainState) -> dict:
+        out = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "step": state.step,
+            "micro_batches": state.micro_batches,
+        }
+        if self.scaler is not None:
+            out["scaler"] = self.scaler.state_dict()
+        return out
+
+    def load_training_state(self, saved: dict) -> TrainState:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
+        return TrainState(int(saved["step"]), int(saved["micro_batches"]))
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
+
+    def _sync_context(self, last_micro: bool):
+        # Skip DDP's gradient all-reduce on all but the last micro-batch of a step.
+        if not last_micro and hasattr(self.step_module, "no_sync"):
+            return self.step_module.no_sync()
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def train_step(
+        self, batches: Iterator[dict[str, torch.Tensor]], state: TrainState
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step over `accumulation` micro-batches; returns detached mean logs."""
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(self.accumulation):
+            batch = self._to_device(next(batches))
+            state.micro_batches += 1
+            with self._sync_context(micro == self.accumulation - 1):
+                with self.rt.autocast():
+                    logs = self.step_module(batch)
+                loss = logs["total"] / self.accumulation
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            for key, value in logs.items():
+                value = value.detach().float() / self.accumulation
+                sums[key] = sums[key] + value if key in sums else value
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip is not None:
+            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.grad_clip
+            ).detach()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        return sums
+
+    def fit(
+        self, batches: Iterator[dict[str, torch.Tensor]], state: TrainState, run_dir: Path
+    ) -> TrainResult:
+        result = TrainResult(run_dir, state.step)
+        window: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        last_saved = state.step
+        try:
+            while state.step < self.max_steps:
+                sums = self.train_step(batches, state)
+                for key, value in sums.items():
+                    window[key] = window[key] + value if key in window else value
+                window_steps += 1
+                at_end = state.step == self.max_steps
+                if state.step % self.log_every == 0 or at_end or state.step == 1:
+                    values = self._flush(window, window_steps, time.perf_counter() - window_start)
+                    values["step"] = state.step
+                    self.metrics.log(state.step, {k: v for k, v in values.items() if k != "step"})
+                    self.reporter.step_status(state.step, self.max_steps, values)
+                    result.history.append(values)
+                    if result.first_loss is None:
+                        result.first_loss = values["loss"]
+                    result.last_loss = values["loss"]
+                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                if state.step % self.checkpoint_every == 0 or at_end:
+                    result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
+                    last_saved = state.step
+        except KeyboardInterrupt:
+            if state.step > last_saved:
+                result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
+            raise
+        result.steps = state.step
+        return result
+
+    def _flush(self, window: dict[str, torch.Tensor], steps: int, seconds: float) -> dict[str, float]:
+        """Mean of the window's logs: the only host-device sync, once per logged step."""
+        keys = list(window)
+        if self.rt.distributed:
+            import torch.distributed as dist
+
+            stacked = torch.stack([window[k] for k in keys])
+            dist.all_reduce(stacked)
+            stacked /= self.rt.world_size
+            window = dict(zip(keys, stacked.unbind(), strict=True))
+        host = torch.stack([window[k] for k in keys]).tolist()
+        values = {("loss" if k == "total" else k): v / steps for k, v in zip(keys, host, strict=True)}
+        group = self.optimizer.param_groups[0]
+        values["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # the encoders' rate; others scale it
+        values["samples_per_s"] = self.global_batch * steps / max(seconds, 1e-9)
+        values["step_time"] = seconds / steps
+        return values
+
+
+def write_checkpoint_fn(
+    run_dir: Path, model: nn.Module, config: dict, extra_files: dict, keep_last: int, runtime: Runtime
+):
+    """A `save_fn` for Trainer: rank 0 writes, every rank waits until the checkpoint is complete."""
+
+    def save(step: int, training_state: dict) -> Path | None:
+        path = None
+        if runtime.is_main:
+            path = save_checkpoint(
+                run_dir,
+                step,
+                model,
+                {**config, "step": step},
+                training_state,
+                extra_files,
+                keep_last=keep_last,
+            )
+        if runtime.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return path
+
+    return save

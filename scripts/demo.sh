@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# `make demo`: the main job on the embedded default, on CPU, in minutes.
+# Prepares the synthetic shapes data, pre-trains recipes/tiny.toml, and summarises the run.
+set -euo pipefail
+OUT=${1:-demo-run}
+SCL=${SCL:-.venv/bin/scl}
+
+if [ -f "$OUT/data/shapes/manifest.json" ]; then
+  echo "== shapes data already in $OUT/data/shapes (delete it to regenerate)"
+else
+  echo "== scl prepare shapes --out $OUT/data"
+  $SCL prepare shapes --out "$OUT/data"
+fi
+
+rm -rf "$OUT/tiny"   # the demo's own run folder: always a fresh run
+echo "== scl pretrain recipes/tiny.toml"
+$SCL pretrain recipes/tiny.toml --set data.root="$OUT/data" --set output.dir="$OUT/tiny"
+
+echo "== summary of $OUT/tiny/metrics.jsonl"
+.venv/bin/python scripts/summarize_run.py "$OUT/tiny"

@@ -1,0 +1,58 @@
+"""Shared fixtures: one small shapes data set per test session, and a runner for the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+# Tests never reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory) -> Path:
+    """A data root holding a small `shapes` data set (80 images, 16 per shard)."""
+    from scl_cli.prepare import prepare_shapes
+
+    root = tmp_path_factory.mktemp("data")
+    prepare_shapes(root, images=80, seed=0, shard_size=16, workers=1)
+    return root
+
+
+def run_scl(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `scl ARGS` in a fresh interpreter, as a user would, capturing output."""
+    return subprocess.run(
+        [sys.executable, "-m", "scl_cli.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "CI": "1", **(env or {})},
+    )
+
+
+def tiny_overrides(root: Path, run: Path, steps: int = 4, **extra: object) -> list[str]:
+    """--set flags for a fast tiny pre-training run on the session's shapes data."""
+    sets = {
+        "data.root": f'"{root}"',
+        "output.dir": f'"{run}"',
+        "optim.max_steps": steps,
+        "optim.batch_size": 8,
+        "log.every": 1,
+        "log.tensorboard": "false",
+        "output.checkpoint_every": 2,
+        "data.num_workers": 1,
+        **extra,
+    }
+    out: list[str] = []
+    for key, value in sets.items():
+        out += ["--set", f"{key}={value}"]
+    return out

@@ -1,0 +1,195 @@
+"""Each registered objective against a plain re-statement of its formula (DESIGN §1.2), on fixed
+tensors served by a stand-in for the step context."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scl_cli.objectives import build_objectives, registered, validate_objectives
+from scl_cli.objectives.itm import hard_other_index, random_other_index
+from scl_cli.training.masking import TextMask
+
+from .test_contrastive import reference
+
+
+def unit(x):
+    return F.normalize(x, dim=-1)
+
+
+class FakeContext:
+    """Serves fixed fusion outputs; records fusion requests like the real StepContext."""
+
+    def __init__(self, B=4, L=6, S=5, D=8, frames=1, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+        self.batch_size, self.frames, self.device = B, frames, torch.device("cpu")
+        self.requests = {}
+        self.outputs = {
+            name: SimpleNamespace(text=r(B, L, D), image=r(B, S * frames, D))
+            for name in ("itm", "mlm", "scl_masked_image", "scl_masked_text", "scl_masktok_image")
+        }
+        self.text_ids = torch.randint(5, 20, (B, L), generator=g)
+        picked = torch.zeros(B, L, dtype=torch.bool)
+        picked[:, 1] = True
+        picked[0, 3] = True
+        self.mlm_mask = TextMask(self.text_ids, picked)
+        self.scl_text_mask = TextMask(
+            self.text_ids,
+            picked,
+            torch.tensor([[1, 3]] * B),
+            torch.tensor([[True, True]] + [[True, False]] * (B - 1)),
+        )
+        self._itc = (unit(r(B, 3)), unit(r(B, 3)))
+        vocab = 20
+        W_itm, W_mlm = r(2 * D, 2), r(D, vocab)
+        self.model = SimpleNamespace(
+            itc_temperature=torch.tensor(0.07, dtype=torch.float64),
+            itm_logits=lambda pooled: pooled @ W_itm,
+            mlm_logits=lambda text: text @ W_mlm,
+        )
+        self.image_positions = torch.tensor([[1, 2]] * B)
+
+    def request_fusion(self, name, text="full", image="full", image_index=None):
+        self.requests[name] = (text, image, image_index)
+
+    def fused(self, name):
+        return self.outputs[name]
+
+    def pooled(self, name):
+        out = self.outputs[name]
+        return torch.cat([out.text[:, 0], out.image[:, 0]], dim=1)
+
+    def itc(self):
+        return self._itc
+
+    def masked_image_positions(self):
+        return self.image_positions
+
+
+def objective(name, **settings):
+    return build_objectives(validate_objectives({name: settings}))[name]
+
+
+def test_registry_has_the_paper_objectives_with_paper_weights():
+    assert set(registered()) >= {"itc", "itm", "mlm", "scl_global", "scl_local"}
+    defaults = validate_objectives({})
+    assert {n: s.weight for n, s in defaults.items()} == {
+        "itc": 0.5, "itm": 1.0, "mlm": 1.0, "scl_global": 1.0, "scl_local": 0.2,
+    }  # fmt: skip
+
+
+def test_weight_zero_is_off_and_bad_settings_are_named():
+    assert "itm" not in build_objectives(validate_objectives({"itm": {"weight": 0}, "itc": {}}))
+    with pytest.raises(ValueError, match="objectives.itm.negatives"):
+        validate_objectives({"itm": {"negatives": "best"}})
+    with pytest.raises(ValueError, match="unknown objective 'foo'"):
+        validate_objectives({"foo": {}})
+
+
+def test_itc():
+    ctx = FakeContext()
+    got = objective("itc").loss(ctx)["loss"]
+    t, v = ctx.itc()
+    assert abs(float(got) - reference(t, v, 0.07)) < 1e-9
+
+
+def test_itm_half_negatives_and_cross_entropy():
+    torch.manual_seed(0)
+    ctx = FakeContext(B=6)
+    itm = objective("itm")
+    itm.plan(ctx)
+    text_variant, image_variant, index = ctx.requests["itm"]
+    assert (text_variant, image_variant) == ("full", "full")
+    assert int(itm.is_negative.sum()) == 3
+    ar = torch.arange(6)
+    assert torch.all((index == ar) == ~itm.is_negative)
+    got = itm.loss(ctx)["loss"]
+    logits = ctx.model.itm_logits(ctx.pooled("itm"))
+    labels = [0 if neg else 1 for neg in itm.is_negative.tolist()]
+    want = sum(-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(6)) / 6
+    assert abs(float(got) - float(want)) < 1e-9
+
+
+def test_negative_samplers_never_pick_the_sample_itself():
+    torch.manual_seed(0)
+    for _ in range(20):
+        assert torch.all(random_other_index(5, torch.device("cpu")) != torch.arange(5))
+        sim = torch.randn(5, 5) * 10
+        assert torch.all(hard_other_index(sim) != torch.arange(5))
+
+
+def test_hard_negatives_follow_similarity():
+    torch.manual_seed(0)
+    sim = torch.full((3, 3), -20.0)
+    sim[0, 2] = sim[1, 0] = sim[2, 1] = 20.0
+    assert hard_other_index(sim).tolist() == [2, 0, 1]
+
+
+def test_mlm_mean_over_masked_tokens():
+    ctx = FakeContext()
+    got = objective("mlm").loss(ctx)["loss"]
+    logits = ctx.model.mlm_logits(ctx.outputs["mlm"].text)
+    terms = [
+        -torch.log_softmax(logits[b, i], 0)[ctx.text_ids[b, i]]
+        for b in range(ctx.batch_size) for i in range(ctx.text_ids.shape[1]) if ctx.mlm_mask.picked[b, i]
+    ]  # fmt: skip
+    assert abs(float(got) - float(sum(terms) / len(terms))) < 1e-9
+
+
+def test_scl_global_formula_and_requests():
+    ctx = FakeContext(frames=2)
+    obj = objective("scl_global")
+    obj.plan(ctx)
+    assert ctx.requests["scl_masked_image"][:2] == ("full", "drop")
+    assert ctx.requests["scl_masked_text"][:2] == ("scl", "full")
+    got = obj.loss(ctx)["loss"]
+    A, Bp = ctx.outputs["scl_masked_image"], ctx.outputs["scl_masked_text"]
+    S = A.image.shape[1] // 2
+    image_terms = [
+        reference(unit(A.image[:, f * S]), unit(Bp.image[:, f * S]), 0.03) for f in range(2)
+    ]  # per frame class token, averaged
+    text_term = reference(unit(Bp.text[:, 0]), unit(A.text[:, 0]), 0.03)
+    assert abs(float(got) - (sum(image_terms) / 2 + text_term)) < 1e-9
+
+
+def test_scl_global_targets_carry_no_gradient():
+    ctx = FakeContext()
+    for out in ctx.outputs.values():
+        out.text.requires_grad_(True)
+        out.image.requires_grad_(True)
+    objective("scl_global").loss(ctx)["loss"].backward()
+    A, Bp = ctx.outputs["scl_masked_image"], ctx.outputs["scl_masked_text"]
+    # predictions get gradient at their class tokens, targets none at all through the loss
+    assert A.image.grad[:, 0].abs().sum() > 0 and Bp.text.grad[:, 0].abs().sum() > 0
+    assert Bp.image.grad is None or Bp.image.grad.abs().sum() == 0
+    assert A.text.grad is None or A.text.grad.abs().sum() == 0
+
+
+def test_scl_local_formula():
+    ctx = FakeContext()
+    obj = objective("scl_local")
+    obj.plan(ctx)
+    assert ctx.requests["scl_masktok_image"][:2] == ("full", "masktok")
+    got = obj.loss(ctx)["loss"]
+    C, Bp, A = (
+        ctx.outputs["scl_masktok_image"],
+        ctx.outputs["scl_masked_text"],
+        ctx.outputs["scl_masked_image"],
+    )
+    pos = ctx.image_positions
+    pred = torch.cat([C.image[b, pos[b]] for b in range(ctx.batch_size)])
+    target = torch.cat([Bp.image[b, pos[b]] for b in range(ctx.batch_size)])
+    image_term = reference(unit(pred), unit(target), 0.03)
+    words = ctx.scl_text_mask
+    rows = [
+        (b, int(p))
+        for b in range(ctx.batch_size)
+        for p, ok in zip(words.index[b], words.valid[b], strict=True)
+        if ok
+    ]
+    pred = torch.stack([Bp.text[b, p] for b, p in rows])
+    target = torch.stack([A.text[b, p] for b, p in rows])
+    text_term = reference(unit(pred), unit(target), 0.03)
+    assert abs(float(got) - (image_term + text_term)) < 1e-9

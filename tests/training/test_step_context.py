@@ -1,0 +1,130 @@
+"""The shared-pass step: encoder calls per step, batched fusion, gradients where they belong."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scl_cli.model import SCLModel
+from scl_cli.objectives import build_objectives, validate_objectives
+from scl_cli.recipe.schema import FusionConfig, MaskingConfig, ModelConfig, TextConfig, VisionConfig
+from scl_cli.training.masking import TextSpec
+from scl_cli.training.pretrain_step import PretrainStep
+
+VOCAB, PAD, B, L = 60, 1, 4, 10
+SPEC = TextSpec(VOCAB, PAD, 4, torch.arange(5), torch.ones(VOCAB, dtype=torch.bool))
+ALL = {
+    "itc": {"weight": 0.5},
+    "itm": {"negatives": "hard"},
+    "mlm": {},
+    "scl_global": {},
+    "scl_local": {"weight": 0.2},
+}
+
+
+def tiny_model() -> SCLModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        init="random",
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2),
+        text=TextConfig(width=32, layers=1, heads=2, max_len=L),
+        fusion=FusionConfig(width=32, layers=1, heads=2, dropout=0.0),
+        itc_dim=16,
+    )
+    return SCLModel.from_recipe_model(cfg, VOCAB, PAD)
+
+
+def make_batch(frames: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, VOCAB, (B, L), generator=g)
+    ids[:, 0], ids[:, -1] = 0, 2
+    mask = torch.ones(B, L, dtype=torch.long)
+    ids[1, 6:], mask[1, 6:] = PAD, 0
+    ids[1, 5] = 2
+    return {"images": torch.randn(B, frames, 3, 32, 32, generator=g), "text_ids": ids, "text_mask": mask}
+
+
+def step(model, objectives) -> PretrainStep:
+    return PretrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC)
+
+
+def count_calls(monkeypatch, model: SCLModel) -> dict[str, list]:
+    calls: dict[str, list] = {"vision": [], "text": [], "fusion": []}
+    for name in calls:
+        module = getattr(model, name)
+        original = module.forward
+
+        def wrapped(*args, _orig=original, _name=name, **kwargs):
+            calls[_name].append(args[0].shape[0] if args else None)
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(module, "forward", wrapped)
+    return calls
+
+
+def test_all_objectives_share_passes(monkeypatch):
+    model = tiny_model()
+    calls = count_calls(monkeypatch, model)
+    out = step(model, ALL)(make_batch())
+    # one full, one dropped, one mask-token ViT pass; full, MLM and SCL text passes;
+    # fusion: the short dropped-patch pass, and one batched call for itm + mlm + scl B + scl C
+    assert len(calls["vision"]) == 3 and len(calls["text"]) == 3
+    assert sorted(calls["fusion"]) == [B, 4 * B]
+    assert set(out) >= {"total", "itc", "itm", "mlm", "scl_global", "scl_local"}
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_only_itc_runs_one_pass_per_modality(monkeypatch):
+    model = tiny_model()
+    calls = count_calls(monkeypatch, model)
+    step(model, {"itc": {}})(make_batch())
+    assert len(calls["vision"]) == 1 and len(calls["text"]) == 1 and calls["fusion"] == []
+
+
+def test_no_scl_ablation_skips_masked_passes(monkeypatch):
+    model = tiny_model()
+    calls = count_calls(monkeypatch, model)
+    step(model, {"itc": {}, "itm": {}, "mlm": {}})(make_batch())
+    assert len(calls["vision"]) == 1 and len(calls["text"]) == 2 and calls["fusion"] == [2 * B]
+
+
+def test_total_is_the_weighted_sum_and_every_parameter_used_gets_gradient():
+    model = tiny_model()
+    out = step(model, ALL)(make_batch())
+    weights = {"itc": 0.5, "itm": 1, "mlm": 1, "scl_global": 1, "scl_local": 0.2}
+    want = sum(w * out[k] for k, w in weights.items())
+    assert torch.allclose(out["total"], want)
+    out["total"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    # images are T = 1: the temporal embedding is the one parameter a still-image step never reads
+    assert no_grad == ["vision.temporal_embedding"], no_grad
+
+
+def test_dropped_patches_get_no_gradient_through_the_step():
+    model = tiny_model()
+    batch = make_batch()
+    batch["images"].requires_grad_(True)
+    from scl_cli.training.step_context import StepContext
+
+    ctx = StepContext(model, batch, MaskingConfig(), SPEC)
+    enc = ctx.image("drop")
+    enc.tokens.sum().backward()
+    grad = batch["images"].grad.abs()  # [B, 1, 3, 32, 32]
+    per_patch = grad[:, 0].sum(1).unfold(1, 8, 8).unfold(2, 8, 8).sum((-1, -2)).flatten(1)  # [B, 16]
+    kept = torch.zeros(B, 16, dtype=torch.bool).scatter_(1, ctx.patch_drop.keep_index, True)
+    assert torch.all(per_patch[~kept] == 0) and torch.all(per_patch[kept] > 0)
+
+
+def test_video_batches_run_every_objective():
+    model = tiny_model()
+    out = step(model, ALL)(make_batch(frames=2))
+    assert torch.isfinite(out["total"])
+
+
+def test_fusion_request_conflict_is_an_error():
+    from scl_cli.training.step_context import StepContext
+
+    ctx = StepContext(tiny_model(), make_batch(), MaskingConfig(), SPEC)
+    ctx.request_fusion("x", "full", "full")
+    with pytest.raises(ValueError, match="requested twice"):
+        ctx.request_fusion("x", "mlm", "full")
