@@ -1,7 +1,9 @@
-"""Engine of `scl bench pretrain`: time the recipe's full pre-training step on synthetic batches.
+"""Engine of `scl bench pretrain`: time the recipe's full pre-training step.
 
-Reports samples/s, step time, peak memory, the step's FLOPs per sample (forward + backward,
-counted by torch.utils.flop_counter) and MFU against the device's bf16 peak.
+Reports samples/s, step time, peak memory, the step's FLOPs per sample (forward + backward, counted
+by torch.utils.flop_counter on a meta-device copy of the step: exact for any batch, costs no memory
+or time), MFU against the device's bf16 peak, and — with `data=True`, batches from the recipe's own
+loader instead of one synthetic batch — the fraction of the time spent waiting for data.
 """
 
 from __future__ import annotations
@@ -17,14 +19,18 @@ import torch
 from scl_cli.data.tokenizer import load_tokenizer
 from scl_cli.errors import DataError, UsageError
 from scl_cli.model import SCLModel
+from scl_cli.objectives import build_objectives
 from scl_cli.pretrain import make_step_module, text_spec
 from scl_cli.recipe import Recipe
 from scl_cli.training.masking import TextSpec
 from scl_cli.training.optim import build_optimizer
-from scl_cli.training.runtime import seed_everything, setup_runtime
+from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.training.runtime import Runtime, seed_everything, setup_runtime
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets, in FLOP/s.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# Dense bf16 peaks in FLOP/s that MFU is reported against. H100/H200: the bf16 matmul rate this
+# project measured on an H100 SXM (790 TFLOP/s; the data sheet says 989). Others: data sheets.
+# Pass --peak-tflops for anything else, or to use another reference.
+PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 SPECIAL_TOKENS = 5  # <s> <pad> </s> <unk> <mask>, as the shapes tokenizer lays them out
 
@@ -35,27 +41,43 @@ class BenchReport:
     precision: str
     batch: int
     steps: int
-    samples_per_s: float
-    step_time_s: float
-    peak_memory_gb: float
+    samples_per_s: float | None
+    step_time_s: float | None
+    peak_memory_gb: float | None
     flops_per_sample: float
-    achieved_tflops: float
+    achieved_tflops: float | None
     mfu: float | None
     parameters: int
+    compile: bool = False
+    activation_checkpointing: bool = False
+    data: str = "synthetic"  # "synthetic" (one batch, reused) or "loader" (the recipe's data)
+    data_wait_fraction: float | None = None  # share of the timed wall time blocked in next(loader)
+    peak_tflops: float | None = None
 
     def rows(self) -> list[list[str]]:
+        def maybe(value, fmt: str) -> str:
+            return "n/a" if value is None else fmt.format(value)
+
         mfu = "n/a (pass --peak-tflops)" if self.mfu is None else f"{100 * self.mfu:.1f}%"
-        return [
-            ["device", f"{self.device} ({self.precision})"],
+        options = ", ".join(
+            name for name, on in (("compile", self.compile), ("activation checkpointing",
+                                  self.activation_checkpointing)) if on
+        )  # fmt: skip
+        rows = [
+            ["device", f"{self.device} ({self.precision}{', ' + options if options else ''})"],
             ["parameters", f"{self.parameters / 1e6:.1f} M"],
             ["batch per step", str(self.batch)],
-            ["samples/s", f"{self.samples_per_s:.2f}"],
-            ["step time", f"{1000 * self.step_time_s:.1f} ms"],
-            ["peak memory", f"{self.peak_memory_gb:.2f} GB"],
+            ["samples/s", maybe(self.samples_per_s, "{:.2f}")],
+            ["step time", maybe(None if self.step_time_s is None else 1000 * self.step_time_s, "{:.1f} ms")],
+            ["peak memory", maybe(self.peak_memory_gb, "{:.2f} GB")],
             ["GFLOP per sample (fwd+bwd)", f"{self.flops_per_sample / 1e9:.2f}"],
-            ["achieved TFLOP/s", f"{self.achieved_tflops:.3f}"],
+            ["achieved TFLOP/s", maybe(self.achieved_tflops, "{:.3f}")],
             ["MFU", mfu],
         ]
+        if self.data == "loader":
+            rows.append(["waiting for data", maybe(None if self.data_wait_fraction is None
+                                                   else 100 * self.data_wait_fraction, "{:.1f}%")])  # fmt: skip
+        return rows
 
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +91,7 @@ def synthetic_spec(vocab_size: int) -> TextSpec:
 
 
 def synthetic_batch(recipe: Recipe, batch: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random captions of half to full length and random uint8 images, as the loader yields them."""
     v = recipe.model.vision
     L = recipe.model.text.max_len
     ids = torch.randint(SPECIAL_TOKENS, vocab, (batch, L))
@@ -78,8 +101,24 @@ def synthetic_batch(recipe: Recipe, batch: int, vocab: int, device: torch.device
     ids = torch.where(pos == lengths[:, None] - 1, torch.full_like(ids, 2), ids)
     mask = (pos < lengths[:, None]).long()
     ids = torch.where(mask.bool(), ids, torch.full_like(ids, 1))
-    images = torch.randn(batch, 1, 3, v.image_size, v.image_size)
+    images = torch.randint(0, 256, (batch, 1, 3, v.image_size, v.image_size), dtype=torch.uint8)
     return {k: t.to(device) for k, t in {"images": images, "text_ids": ids, "text_mask": mask}.items()}
+
+
+def step_flops(recipe: Recipe, vocab: int, pad: int, spec: TextSpec, batch: int) -> float:
+    """FLOPs of one training step (forward + backward) on `batch` samples, counted on a meta-device
+    copy of the model: no memory, no arithmetic, any size. Attention counts as its matmuls."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = torch.device("meta")
+    with meta:
+        model = SCLModel(recipe.model, vocab, pad)
+    step = PretrainStep(model, build_objectives(recipe.objectives), recipe.masking, spec.to(meta))
+    data = {k: v.to(meta) for k, v in synthetic_batch(recipe, batch, vocab, torch.device("cpu")).items()}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(data)["total"].backward()
+    return float(counter.get_total_flops())
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -95,35 +134,84 @@ def _device_peak(device: torch.device) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
+def _vocab_and_spec(recipe: Recipe):
+    vocab = recipe.model.text.vocab_size
+    if vocab is not None:
+        return vocab, synthetic_spec(vocab), 1, None
+    try:
+        tok = load_tokenizer(recipe.model.text.tokenizer, recipe.data.root, recipe.data.train[0])
+    except DataError as err:
+        raise UsageError(f"{err} (or set model.text.vocab_size to benchmark without a tokenizer)") from None
+    return tok.vocab_size, text_spec(tok, tok.vocab_size), tok.pad_id, tok
+
+
+def _loader_batches(recipe: Recipe, tokenizer, batch: int, runtime: Runtime):
+    from scl_cli.data.loader import build_pretrain_loader
+
+    if tokenizer is None:
+        tokenizer = load_tokenizer(recipe.model.text.tokenizer, recipe.data.root, recipe.data.train[0])
+    data = recipe.data
+    loader = build_pretrain_loader(
+        data_root=data.root, datasets=data.train, weights=data.weights, split=data.split,
+        tokenizer=tokenizer, image_size=recipe.model.vision.image_size, max_len=recipe.model.text.max_len,
+        batch_size=batch, seed=recipe.optim.seed, num_workers=data.num_workers,
+        shuffle_buffer=data.shuffle_buffer, augment=data.augment, crop_min_scale=data.crop_min_scale,
+        pin_memory=runtime.device.type == "cuda",
+    )  # fmt: skip
+    return iter(loader)
+
+
 def bench_pretrain(
     recipe: Recipe,
     steps: int = 5,
     warmup: int = 2,
     batch: int | None = None,
     peak_tflops: float | None = None,
+    data: bool = False,
+    compile: bool | None = None,
+    profile: Path | None = None,
 ) -> BenchReport:
+    """Time `steps` optimizer steps (after `warmup` untimed ones) of the recipe's step at `batch`
+    per device. `steps=0` counts FLOPs only. `data`: read batches from the recipe's loader and
+    report the share of time spent waiting for them. `compile` overrides `topology.compile`.
+    `profile`: write a torch.profiler trace (`profile.json`) and its op table (`profile.txt`)."""
+    if compile is not None:
+        recipe = recipe.model_copy(update={"topology": recipe.topology.model_copy(update={"compile": compile})})
     runtime = setup_runtime(recipe.topology)
     seed_everything(recipe.optim.seed)
-    vocab = recipe.model.text.vocab_size
-    if vocab is None:
-        try:
-            tok = load_tokenizer(recipe.model.text.tokenizer, recipe.data.root, recipe.data.train[0])
-        except DataError as err:
-            raise UsageError(
-                f"{err} (or set model.text.vocab_size to benchmark without a tokenizer)"
-            ) from None
-        vocab, spec, pad = tok.vocab_size, text_spec(tok, tok.vocab_size), tok.pad_id
-    else:
-        spec, pad = synthetic_spec(vocab), 1
-    model = SCLModel.from_recipe_model(recipe.model, vocab, pad)
+    vocab, spec, pad, tokenizer = _vocab_and_spec(recipe)
+    batch = batch or recipe.micro_batch()
+    flops_per_sample = step_flops(recipe, vocab, pad, spec, batch) / batch
+    peak = peak_tflops * 1e12 if peak_tflops else _device_peak(runtime.device)
+    model = SCLModel(recipe.model, vocab, pad)
+    topo = recipe.topology
+    report = BenchReport(
+        device=torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu",
+        precision=runtime.precision, batch=batch, steps=steps, samples_per_s=None, step_time_s=None,
+        peak_memory_gb=None, flops_per_sample=flops_per_sample, achieved_tflops=None, mfu=None,
+        parameters=sum(p.numel() for p in model.parameters()), compile=topo.compile,
+        activation_checkpointing=topo.activation_checkpointing, data="loader" if data else "synthetic",
+        peak_tflops=None if peak is None else peak / 1e12,
+    )  # fmt: skip
+    if steps == 0:
+        return report
+
     step_module = make_step_module(recipe, model, spec, runtime)
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
-    batch = batch or recipe.micro_batch()
-    data = synthetic_batch(recipe, batch, vocab, runtime.device)
+    fixed = synthetic_batch(recipe, batch, vocab, runtime.device)
+    batches = _loader_batches(recipe, tokenizer, batch, runtime) if data else None
+    waited = 0.0
 
     def one_step() -> None:
+        nonlocal waited
+        current = fixed
+        if batches is not None:
+            start = time.perf_counter()
+            current = next(batches)
+            waited += time.perf_counter() - start
+            current = {k: v.to(runtime.device, non_blocking=True) for k, v in current.items() if k != "index"}
         with runtime.autocast():
-            total = step_module(data)["total"]
+            total = step_module(current)["total"]
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -132,39 +220,44 @@ def bench_pretrain(
         if runtime.device.type == "cuda":
             torch.cuda.synchronize(runtime.device)
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        with runtime.autocast():
-            total = step_module(data)["total"]
-        total.backward()
-    optimizer.zero_grad(set_to_none=True)
-    flops_per_sample = counter.get_total_flops() / batch
-
     for _ in range(warmup):
         one_step()
     sync()
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
+    waited = 0.0
+    profiler = _profiler(runtime) if profile is not None else None
     start = time.perf_counter()
+    if profiler is not None:
+        profiler.start()
     for _ in range(steps):
         one_step()
     sync()
     seconds = (time.perf_counter() - start) / steps
+    if profiler is not None:
+        profiler.stop()
+        _write_profile(profiler, Path(profile), runtime)
     samples_per_s = batch / seconds
     achieved = flops_per_sample * samples_per_s
-    peak = peak_tflops * 1e12 if peak_tflops else _device_peak(runtime.device)
-    return BenchReport(
-        device=torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu",
-        precision=runtime.precision,
-        batch=batch,
-        steps=steps,
-        samples_per_s=samples_per_s,
-        step_time_s=seconds,
-        peak_memory_gb=_peak_memory_gb(runtime.device),
-        flops_per_sample=flops_per_sample,
-        achieved_tflops=achieved / 1e12,
-        mfu=achieved / peak if peak else None,
-        parameters=sum(p.numel() for p in model.parameters()),
-    )
+    report.samples_per_s = samples_per_s
+    report.step_time_s = seconds
+    report.peak_memory_gb = _peak_memory_gb(runtime.device)
+    report.achieved_tflops = achieved / 1e12
+    report.mfu = achieved / peak if peak else None
+    report.data_wait_fraction = waited / (seconds * steps) if data else None
+    return report
+
+
+def _profiler(runtime: Runtime):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runtime.device.type == "cuda" else [])
+    return profile(activities=activities, record_shapes=False)
+
+
+def _write_profile(profiler, out: Path, runtime: Runtime) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    profiler.export_chrome_trace(str(out / "profile.json"))
+    key = "self_cuda_time_total" if runtime.device.type == "cuda" else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=key, row_limit=30)
+    (out / "profile.txt").write_text(table + "\n")

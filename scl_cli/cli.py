@@ -53,29 +53,86 @@ def root(
 
 @app.command()
 def prepare(
-    name: Annotated[str, typer.Argument(help="Data set to prepare: 'shapes' (synthetic, offline).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Data set: shapes (synthetic, offline), coco, vg, sbu, cc3m (pre-training), "
+            "f30k, vqav2, nlvr2 (fine-tuning; coco too)."
+        ),
+    ],
     out: Annotated[
         Path, typer.Option("--out", help="Root folder; the data set is written to OUT/NAME/.")
     ] = Path("data"),
+    source: Annotated[
+        list[Path] | None,
+        typer.Option("--source", help="The official download: a folder or file (repeatable; see README)."),
+    ] = None,
+    webdataset: Annotated[
+        list[Path] | None,
+        typer.Option("--webdataset", help="cc3m/sbu: an existing img2dataset WebDataset download instead."),
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option("--split", help="Split to write (repeatable; default: all present).")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", min=0, help="Shorter side of stored images (0: as is; default 384)."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most N inputs per split: a quick look.")
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option("--shard-size", min=1, help="Samples per shard.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Concurrent downloads per worker (default 32).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0.01, help="Download timeout in seconds (default 10).")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option("--retries", min=0, help="Download retries, with back-off (default 2).")
+    ] = None,
     images: Annotated[
-        int, typer.Option("--images", min=10, help="shapes: number of images in all splits.")
-    ] = 10000,
-    seed: Annotated[int, typer.Option("--seed", help="shapes: generator seed (same seed, same bytes).")] = 0,
+        int | None, typer.Option("--images", min=10, help="shapes: number of images in all splits (10000).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="shapes: generator seed (same seed, same bytes).")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default: all cores).")
     ] = None,
     plain: PlainOpt = False,
 ) -> None:
-    """Turn a data set into WebDataset shards + manifest.json (+ tokenizer for shapes)."""
+    """Turn a data set into WebDataset shards + manifest.json (+ tokenizer for shapes).
+
+    Unusable inputs are skipped and listed in the manifest; re-running the same command resumes."""
     from scl_cli.prepare import prepare as prepare_engine
     from scl_cli.reporting import StageProgress, make_reporter
 
+    given = {
+        "source": source, "webdataset": webdataset, "split": split, "image_size": image_size, "limit": limit,
+        "shard_size": shard_size, "threads": threads, "timeout": timeout, "retries": retries,
+        "images": images, "seed": seed, "workers": workers,
+    }  # fmt: skip
+    options = {key: value for key, value in given.items() if value not in (None, [])}
     reporter = make_reporter(force_plain=plain)
-    with StageProgress(reporter) as progress:
-        summary = prepare_engine(name, out, images=images, seed=seed, workers=workers, progress=progress)
+    try:
+        with StageProgress(reporter) as progress:
+            summary = prepare_engine(name, out, progress=progress, **options)
+    except KeyboardInterrupt:
+        if name != "shapes":
+            reporter.warn("interrupted: finished shards are kept; run the same command again to resume")
+        raise
     rows = [["images", split, n] for split, n in summary.splits.items()]
     rows += [[group, split, n] for group, counts in summary.tasks.items() for split, n in counts.items()]
     reporter.table(f"{name} -> {summary.path} ({summary.seconds:.1f} s)", ["part", "split", "samples"], rows)
+    totals = [["read", summary.read], ["written", summary.written]]
+    totals += [[f"skipped {what}: {reason}", n] for what, reasons in summary.skipped_by_what.items()
+               for reason, n in reasons.items()]  # fmt: skip
+    totals += [["resumed shards", summary.resumed_shards]] if summary.resumed_shards else []
+    totals += [["time (s)", round(summary.seconds, 1)], ["images/s", round(summary.images_per_s, 1)]]
+    reporter.table(f"{name}: summary", ["", "count"], totals)
+    for warning in summary.warnings:
+        reporter.warn(warning)
 
 
 @app.command()
@@ -88,19 +145,157 @@ def pretrain(
     plain: PlainOpt = False,
 ) -> None:
     """Pre-train an SCL model as the recipe says (metrics in OUTPUT/metrics.jsonl, checkpoints in
-    OUTPUT/checkpoints/step-N/)."""
+    OUTPUT/checkpoints/step-N/). A topology of several devices or nodes starts itself through
+    torchrun (or prints each node's command; see README, Distributed training)."""
     from scl_cli.pretrain import pretrain as pretrain_engine
+    from scl_cli.recipe import load_recipe
+    from scl_cli.reporting import make_reporter
+    from scl_cli.training.launch import is_main_process, launched_by_scl
+
+    loaded = load_recipe(recipe, set_ or [])
+    reporter = make_reporter(force_plain=plain, quiet=not is_main_process())
+    # What every torchrun process is started with, if the topology needs a launch.
+    launch_args = ["pretrain", str(recipe), *(f"--set={s}" for s in set_ or [])]
+    launch_args += ["--resume"] * resume + ["--plain"] * plain
+    result = pretrain_engine(loaded, resume=resume, reporter=reporter, launch_args=launch_args)
+    if result.first_loss is not None and not launched_by_scl():  # the launcher sums up
+        reporter.info(
+            f"finished step {result.steps}: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
+            f"checkpoint {result.last_checkpoint}"
+        )
+
+
+@app.command()
+def convert(
+    official: Annotated[
+        Path,
+        typer.Option(
+            "--official",
+            help="Checkpoint of the paper's published code (PyTorch Lightning .ckpt).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Checkpoint directory to write (must not exist).", show_default=False),
+    ],
+    max_len: Annotated[
+        int, typer.Option("--max-len", min=4, help="Tokens per caption the converted model is built for.")
+    ] = 50,
+    every_key: Annotated[
+        bool, typer.Option("--every-key", help="List every key, not module groups.")
+    ] = False,
+) -> None:
+    """Convert a published SCL checkpoint into an scl checkpoint (model.safetensors + config.json);
+    every key is mapped or reported, and a key that cannot be placed is an error naming it."""
+    from scl_cli.convert import REPORT_FILE, convert_official
+    from scl_cli.reporting import make_reporter
+
+    report = convert_official(official, out, max_len=max_len)
+    reporter = make_reporter()
+    counts = ", ".join(f"{n} {what}" for what, n in report.counts().items())
+    reporter.table(
+        f"{official} -> {out} ({counts})", ["official", "scl", "tensors", "note"], report.rows(every_key)
+    )
+    for note in report.notes:
+        reporter.info(note)
+    reporter.info(f"wrote {out} (every key: {out / REPORT_FILE})")
+
+
+@app.command()
+def finetune(
+    recipe: RecipeArg,
+    ckpt: Annotated[
+        Path,
+        typer.Option("--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."),
+    ],
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue this run from its newest checkpoint.")] = False,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation at the end.")] = False,
+    plain: PlainOpt = False,
+) -> None:
+    """Fine-tune a checkpoint on the recipe's [task] (VQA, NLVR2, retrieval), then evaluate it."""
+    from scl_cli.finetune import finetune as finetune_engine
     from scl_cli.recipe import load_recipe
     from scl_cli.reporting import make_reporter
 
     loaded = load_recipe(recipe, set_ or [])
     reporter = make_reporter(force_plain=plain)
-    result = pretrain_engine(loaded, resume=resume, reporter=reporter)
-    if result.first_loss is not None:
-        reporter.info(
-            f"finished step {result.steps}: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
-            f"checkpoint {result.last_checkpoint}"
-        )
+    result = finetune_engine(loaded, ckpt, resume=resume, reporter=reporter, evaluate_after=not no_eval)
+    train = result.train
+    if train.first_loss is not None:
+        reporter.info(f"finished step {train.steps}: loss {train.first_loss:.4f} -> {train.last_loss:.4f}; "
+                      f"checkpoint {train.last_checkpoint}")  # fmt: skip
+    if result.evaluation is not None:
+        report = result.evaluation
+        report.write_json(Path(loaded.output.dir) / "eval.json")
+        reporter.table(f"{report.task} on {report.dataset}/{report.split} ({report.samples} samples)",
+                       ["metric", "value", "baseline"], report.rows())  # fmt: skip
+
+
+@app.command("eval")
+def eval_(
+    task: Annotated[str, typer.Argument(help="vqa | nlvr2 | retrieval")],
+    ckpt: Annotated[
+        Path | None,
+        typer.Option("--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data set folder (with manifest.json) or name under the data root.")
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the task's).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="JSON report path (default: eval-TASK.json).")] = None,
+    rerank: Annotated[
+        str | None, typer.Option("--rerank", help="Retrieval: re-rank the top K by the fusion score; 0 = ITC only; 'all'.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 32,
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="vqa: score this predictions file without a model.")
+    ] = None,
+    questions: Annotated[Path | None, typer.Option("--questions", help="vqa: VQAv2 questions JSON.")] = None,
+    annotations: Annotated[Path | None, typer.Option("--annotations", help="vqa: VQAv2 annotations JSON.")] = None,
+    plain: PlainOpt = False,
+) -> None:
+    """Evaluate with the official metrics; prints a table and writes a JSON report."""
+    import json as _json
+
+    from scl_cli.errors import UsageError
+    from scl_cli.reporting import StageProgress, make_reporter
+
+    reporter = make_reporter(force_plain=plain)
+    if predictions is not None:
+        from scl_cli.evaluation.vqa_files import score_prediction_files
+
+        if task != "vqa" or questions is None or annotations is None:
+            raise UsageError("--predictions scores VQA files: pass it with `vqa --questions Q.json --annotations A.json`")
+        scores = score_prediction_files(predictions, questions, annotations)
+        rows = [[k, f"{v:.2f}" if isinstance(v, float) else str(v)] for k, v in scores.items() if not isinstance(v, dict)]
+        reporter.table(f"VQA accuracy of {predictions}", ["metric", "value"], rows)
+        if out is not None:
+            out.write_text(_json.dumps(scores, indent=2) + "\n")
+        return
+    if ckpt is None:
+        raise UsageError("pass --ckpt CHECKPOINT (or --predictions for scoring a VQA predictions file)")
+    from scl_cli.evaluate import evaluate
+
+    k: int | str | None = None
+    if rerank is not None:
+        if rerank != "all" and not rerank.isdigit():
+            raise UsageError(f"--rerank {rerank!r}: expected a number of candidates, 0, or 'all'")
+        k = rerank if rerank == "all" else int(rerank)
+    with StageProgress(reporter) as progress:
+        report = evaluate(task, ckpt, data=data, split=split, rerank=k, batch_size=batch_size, progress=progress)
+    reporter.table(f"{report.task} on {report.dataset}/{report.split} ({report.samples} samples, "
+                   f"{report.seconds:.1f} s)", ["metric", "value", "baseline"], report.rows())  # fmt: skip
+    path = out or Path(f"eval-{task}.json")
+    report.write_json(path)
+    if task == "vqa" and not report.metrics and report.details.get("predictions"):
+        from scl_cli.evaluation.vqa_files import write_submission
+
+        submission = path.with_name(path.stem + "-submission.json")
+        write_submission(submission, {p["question_id"]: p["answer"] for p in report.details["predictions"]})
+        reporter.info(f"no answers in this split: wrote the submission file {submission}")
+    reporter.info(f"report: {path}")
 
 
 @recipe_app.command("show")
@@ -125,7 +320,7 @@ def recipe_validate(recipe: RecipeArg, set_: SetOpt = None) -> None:
 def bench_pretrain(
     recipe: RecipeArg,
     set_: SetOpt = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Timed steps.")] = 5,
+    steps: Annotated[int, typer.Option("--steps", min=0, help="Timed steps (0: count FLOPs only).")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed steps first.")] = 2,
     batch: Annotated[
         int | None, typer.Option("--batch", min=2, help="Per-device batch (default: the recipe's).")
@@ -133,18 +328,33 @@ def bench_pretrain(
     peak_tflops: Annotated[
         float | None, typer.Option("--peak-tflops", help="Device peak for MFU (default: known-device table).")
     ] = None,
+    data: Annotated[
+        bool,
+        typer.Option("--data", help="Batches from the recipe's loader; report the time spent waiting for them."),
+    ] = False,
+    compile_: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile the encoders (default: topology.compile)."),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", help="Write a torch.profiler trace and op table of the timed steps here."),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
 ) -> None:
-    """Samples/s, step time, peak memory, FLOPs per sample and MFU of the recipe's pre-training step
-    on synthetic batches (no data loading)."""
+    """Samples/s, step time, peak memory, FLOPs per sample, MFU and (with --data) the share of time
+    waiting for data of the recipe's pre-training step (forward, backward, AdamW)."""
     from scl_cli.bench import bench_pretrain as bench_engine
     from scl_cli.recipe import load_recipe
     from scl_cli.reporting import make_reporter
 
     loaded = load_recipe(recipe, set_ or [])
-    report = bench_engine(loaded, steps=steps, warmup=warmup, batch=batch, peak_tflops=peak_tflops)
+    report = bench_engine(
+        loaded, steps=steps, warmup=warmup, batch=batch, peak_tflops=peak_tflops, data=data,
+        compile=compile_, profile=profile,
+    )  # fmt: skip
     make_reporter().table(f"scl bench pretrain {recipe}", ["metric", "value"], report.rows())
     if json_out is not None:
         report.write_json(json_out)

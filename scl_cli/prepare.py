@@ -1,7 +1,8 @@
 """Engine of `scl prepare`: turn a data set into shards + manifest.json under OUT/NAME/.
 
 Engines never print: progress goes to an optional `progress(stage, done, total)` callback.
-Only the synthetic `shapes` corpus exists so far; real-data preparers plug into `PREPARERS`.
+`shapes` is generated here; the paper's data sets (`PREPARERS`) are read from their official
+downloads by `data/sources/` and written by `data/pipeline.py`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scl_cli import __version__
+from scl_cli.data import pipeline
+from scl_cli.data.download import FetchSettings
+from scl_cli.data.images import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageSettings
 from scl_cli.data.shapes import generate_image, generate_pair, make_statement, objects_from_json
 from scl_cli.data.shards import MANIFEST, ShardWriter, read_manifest, write_manifest
+from scl_cli.data.sources import READERS
+from scl_cli.data.sources.base import SourceRequest
 from scl_cli.data.tokenizer import train_bpe_tokenizer
+from scl_cli.data.writer import WriteSettings
 from scl_cli.errors import DataError, UsageError
 
 ProgressFn = Callable[[str, int, int], None]
@@ -33,13 +40,22 @@ _REPORT_EVERY = 100  # samples between progress calls
 
 @dataclass
 class PrepareSummary:
-    """What `prepare` did: samples per split, per task group (e.g. nlvr2) and the time it took."""
+    """What `prepare` did: samples per split, per task group (e.g. nlvr2) and the time it took;
+    inputs read, samples written, skips by reason (`skipped_by_what`: per "sample", "caption",
+    "question", ... and reason), images encoded per second and warnings."""
 
     name: str
     path: Path
     splits: dict[str, int]
     tasks: dict[str, dict[str, int]]
     seconds: float
+    read: int = 0
+    written: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_by_what: dict[str, dict[str, int]] = field(default_factory=dict)
+    images_per_s: float = 0.0
+    resumed_shards: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def split_sizes(images: int) -> dict[str, int]:
@@ -230,14 +246,63 @@ def _swap_in(work: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-PREPARERS: dict[str, Callable[..., Path]] = {"shapes": prepare_shapes}
+def prepare_dataset(
+    name: str,
+    out_root: Path,
+    source: list[Path] | None = None,
+    webdataset: list[Path] | None = None,
+    split: list[str] | None = None,
+    workers: int | None = None,
+    image_size: int = DEFAULT_SIZE,
+    shard_size: int = 1000,
+    limit: int | None = None,
+    threads: int = 32,
+    timeout: float = 10.0,
+    retries: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: ProgressFn | None = None,
+) -> Path:
+    """Prepare one of the paper's data sets (`name` in `READERS`) from its official files into
+    `out_root/name/`; returns that folder.
+
+    `source`: the official download (see each reader in `data/sources/`); `webdataset`: an
+    img2dataset download instead (cc3m, sbu); `split`: splits to write (default: all present);
+    `image_size`: shorter side of the stored JPEGs (0 keeps the original); `limit`: at most this
+    many inputs per split; `threads`, `timeout`, `retries`: URL downloads per worker. A re-run with
+    the same arguments keeps every finished shard and redoes only the rest.
+    """
+    if webdataset and name not in ("cc3m", "sbu"):
+        raise UsageError(f"prepare {name}: --webdataset is for the URL data sets cc3m and sbu")
+    checks = {"image_size": (image_size, 0), "shard_size": (shard_size, 1), "limit": (limit or 1, 1),
+              "threads": (threads, 1), "retries": (retries, 0), "max_pixels": (max_pixels, 1)}  # fmt: skip
+    for option, (value, least) in checks.items():
+        if value < least:
+            raise UsageError(f"prepare {name}: {option} {value}: need at least {least}")
+    if timeout <= 0:
+        raise UsageError(f"prepare {name}: timeout {timeout}: need a positive number of seconds")
+    request = SourceRequest(
+        tuple(Path(p) for p in source or ()), tuple(Path(p) for p in webdataset or ()),
+        tuple(dict.fromkeys(split)) if split else None, progress,
+    )  # fmt: skip
+    data = READERS[name](request)
+    settings = WriteSettings(ImageSettings(size=image_size, max_pixels=max_pixels), shard_size)
+    fetch = FetchSettings(timeout=timeout, retries=retries)
+    n_workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    described = [str(Path(p).resolve()) for p in (*request.sources, *request.webdataset)]
+    return pipeline.run(name, out_root, data, settings, fetch, n_workers, threads, limit, described, progress)
+
+
+PREPARERS: dict[str, Callable[..., Path]] = {
+    "shapes": prepare_shapes,
+    **{name: functools.partial(prepare_dataset, name) for name in READERS},
+}
 
 
 def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
     """Prepare data set `name` into `out/name/`; `options` are the preparer's keyword arguments
     (e.g. images, seed, workers, progress). `UsageError` for an unknown name or option."""
     if name not in PREPARERS:
-        raise UsageError(f"unknown data set '{name}' (known: {', '.join(sorted(PREPARERS))})")
+        raise UsageError(f"unknown data set '{name}' (known: {', '.join(PREPARERS)})")
     preparer = PREPARERS[name]
     accepted = set(inspect.signature(preparer).parameters) - {"out_root"}
     unknown = sorted(set(options) - accepted)
@@ -252,7 +317,18 @@ def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
     counts = {
         group: {split: entry["samples"] for split, entry in entries.items()}
         for group, entries in manifest.items()
-        if isinstance(entries, dict) and entries and all("shards" in e for e in entries.values())
+        if isinstance(entries, dict)
+        and entries
+        and all(isinstance(e, dict) and "shards" in e for e in entries.values())
     }
-    splits = counts.pop("splits")
-    return PrepareSummary(name, path, splits, counts, seconds)
+    splits = counts.pop("splits", {})
+    written = manifest.get("written", sum(n for group in (splits, *counts.values()) for n in group.values()))
+    run = manifest.get("run", {})
+    images = run.get("images_encoded", sum(splits.values()))
+    return PrepareSummary(
+        name, path, splits, counts, seconds,
+        read=manifest.get("read", written), written=written, skipped=manifest.get("skipped_counts", {}),
+        skipped_by_what=manifest.get("skipped_by_what", {}),
+        images_per_s=images / seconds if seconds > 0 else 0.0, resumed_shards=run.get("resumed_shards", 0),
+        warnings=list(manifest.get("warnings", [])),
+    )  # fmt: skip

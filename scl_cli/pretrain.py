@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-import os
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from scl_cli import __version__
-from scl_cli.data.loader import build_pretrain_loader
+from scl_cli.data.loader import build_pretrain_loader, check_pretrain_data
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
 from scl_cli.errors import UsageError
-from scl_cli.model import SCLModel
 from scl_cli.objectives import build_objectives
-from scl_cli.recipe import Recipe, recipe_to_dict
+from scl_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
 from scl_cli.reporting import NullReporter, Reporter
-from scl_cli.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    load_model_weights,
-    restore_rng_state,
-)
+from scl_cli.training import launch
+from scl_cli.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights
 from scl_cli.training.masking import TextSpec
-from scl_cli.training.metrics import MetricsLogger
+from scl_cli.training.metrics import METRICS_FILE, MetricsLogger
 from scl_cli.training.optim import build_optimizer, build_scheduler
+from scl_cli.training.parallel import freeze_unreachable, transformer_layers, wrap_data_parallel
 from scl_cli.training.pretrain_step import PretrainStep
 from scl_cli.training.runtime import Runtime, seed_everything, setup_runtime
 from scl_cli.training.trainer import Trainer, TrainResult, TrainState, write_checkpoint_fn
+
+if TYPE_CHECKING:
+    from scl_cli.model import SCLModel
 
 
 def text_spec(tokenizer: TextTokenizer, vocab_size: int) -> TextSpec:
@@ -38,6 +38,9 @@ def text_spec(tokenizer: TextTokenizer, vocab_size: int) -> TextSpec:
 
 
 def build_model(recipe: Recipe, tokenizer: TextTokenizer) -> SCLModel:
+    # Imported here: transformers takes seconds to import, which a launcher process never needs.
+    from scl_cli.model import SCLModel
+
     vocab = recipe.model.text.vocab_size or tokenizer.vocab_size
     if vocab < tokenizer.vocab_size:
         raise UsageError(
@@ -74,9 +77,10 @@ def make_step_module(recipe: Recipe, model: SCLModel, spec: TextSpec, runtime: R
     if recipe.topology.activation_checkpointing:
         model.set_gradient_checkpointing(True)
     if recipe.topology.compile:
-        for part in (model.vision, model.text, model.fusion):
-            part.compile()
-    return PretrainStep(model, build_objectives(recipe.objectives), recipe.masking, spec.to(runtime.device))
+        for layer in transformer_layers(model):
+            layer.compile()
+    objectives = build_objectives(recipe.objectives)
+    return PretrainStep(model, objectives, recipe.masking, spec.to(runtime.device), seed=recipe.optim.seed)
 
 
 def build(recipe: Recipe) -> Built:
@@ -89,16 +93,19 @@ def build(recipe: Recipe) -> Built:
     return Built(runtime, tokenizer, model, step)
 
 
-def pretrain(recipe: Recipe, resume: bool = False, reporter: Reporter | None = None) -> TrainResult:
-    """Pre-train as the recipe says; with `resume`, continue from the newest complete checkpoint."""
+def pretrain(
+    recipe: Recipe,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    launch_args: list[str] | None = None,
+) -> TrainResult:
+    """Pre-train as the recipe says; with `resume`, continue from the newest complete checkpoint.
+
+    A topology of several processes started outside torchrun is launched through torchrun
+    (see `training.launch`): `launch_args` are the `scl` arguments each process gets (the CLI
+    passes its own; by default the resolved recipe is written to OUTPUT/launch-recipe.toml).
+    """
     reporter = reporter or NullReporter()
-    topo = recipe.topology
-    if topo.world_size > 1 and "WORLD_SIZE" not in os.environ:
-        raise UsageError(
-            f"topology asks for {topo.nodes} node(s) x {topo.devices_per_node} devices; start it with "
-            f"`torchrun --nnodes {topo.nodes} --nproc-per-node {topo.devices_per_node} -m scl_cli.cli pretrain ...` "
-            "or use --set topology.devices_per_node=1 for one device"
-        )
     run_dir = Path(recipe.output.dir)
     found = latest_checkpoint(run_dir) if run_dir.exists() else None
     if found is not None and not resume:
@@ -106,11 +113,14 @@ def pretrain(recipe: Recipe, resume: bool = False, reporter: Reporter | None = N
             f"{run_dir} already holds checkpoints (newest {found.name}): pass --resume to continue it, "
             "or choose another output.dir"
         )
+    launch.adopt_slurm_tasks(recipe.topology)
+    if launch.needs_launch(recipe.topology):
+        return _launch(recipe, resume, reporter, launch_args)
+
     b = build(recipe)
     rt, model = b.runtime, b.model
-    optimizer = build_optimizer(model, recipe.optim, model.param_group, rt.device.type)
-    scheduler = build_scheduler(optimizer, recipe.optim)
-    state = TrainState()
+    if not rt.is_main:
+        reporter = NullReporter()  # rank 0 reports for everyone
     saved = None
     if resume and found is not None:
         ckpt = load_checkpoint(found)
@@ -122,15 +132,15 @@ def pretrain(recipe: Recipe, resume: bool = False, reporter: Reporter | None = N
     elif resume:
         reporter.info(f"no checkpoint in {run_dir}: starting from step 0")
 
-    step_module: torch.nn.Module = b.step_module
-    if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_module = DistributedDataParallel(
-            step_module,
-            device_ids=[rt.local_rank] if rt.device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+    # Pre-training batches are still images (T = 1); what such a step never reaches is frozen, so
+    # that DDP needs no unused-parameter search (see training.parallel).
+    frozen = freeze_unreachable(model, b.step_module.objectives, recipe.masking, b.step_module.spec)
+    if frozen:
+        reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
+    step_module, state_io = wrap_data_parallel(b.step_module, model, recipe.topology, rt)
+    optimizer = build_optimizer(model, recipe.optim, model.param_group, rt.device.type)
+    scheduler = build_scheduler(optimizer, recipe.optim)
+    state = TrainState()
     metrics = MetricsLogger(run_dir, tensorboard=recipe.log.tensorboard, enabled=rt.is_main)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_file = Path(tmp) / "tokenizer.json"
@@ -145,13 +155,15 @@ def pretrain(recipe: Recipe, resume: bool = False, reporter: Reporter | None = N
             checkpoint_every=recipe.output.checkpoint_every,
             save_fn=write_checkpoint_fn(
                 run_dir, model, checkpoint_config(recipe, model), {"tokenizer.json": tokenizer_file},
-                recipe.output.keep_last, rt,
+                recipe.output.keep_last, rt, state_io,
             ),
             metrics=metrics,
             reporter=reporter,
+            state_io=state_io,
         )  # fmt: skip
         if saved is not None:
             state = trainer.load_training_state(saved)
+            b.step_module.draws = state.micro_batches  # the masks' random stream goes on from there
             metrics.truncate_after(state.step)
         loader = build_pretrain_loader(
             data_root=recipe.data.root,
@@ -170,13 +182,68 @@ def pretrain(recipe: Recipe, resume: bool = False, reporter: Reporter | None = N
             augment=recipe.data.augment,
             crop_min_scale=recipe.data.crop_min_scale,
             start_batch=state.micro_batches,
+            pin_memory=rt.device.type == "cuda",
         )
         batches = iter(loader)
         if saved is not None:
             # After the loader exists: starting its workers draws from the global RNG.
-            restore_rng_state(saved["rng"])
+            trainer.restore_rng(saved)
         try:
             result = trainer.fit(batches, state, run_dir)
         finally:
             metrics.close()
+    rt.teardown()
     return result
+
+
+def _launch(recipe: Recipe, resume: bool, reporter: Reporter, launch_args: list[str] | None) -> TrainResult:
+    """Start this node's part of the run under torchrun (or print every node's command)."""
+    topo, data = recipe.topology, recipe.data
+    # Caught here once, before any process starts, rather than by every rank.
+    check_pretrain_data(data.root, data.train, data.split, topo.world_size, data.num_workers)
+    run_dir = Path(recipe.output.dir)
+    if launch_args is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = run_dir / "launch-recipe.toml"
+        resolved.write_text(recipe_to_toml(recipe), encoding="utf-8")
+        launch_args = ["pretrain", str(resolved), *(["--resume"] if resume else []), "--plain"]
+    plan = launch.plan_launch(topo)
+    if plan.node_rank is None:
+        commands = launch.per_node_commands(plan, launch_args)
+        reporter.info(
+            f"topology asks for {topo.nodes} nodes x {topo.devices_per_node} devices: start on each node "
+            "(node 0 first; replace MASTER_HOST by node 0's address, or set NODE_RANK and MASTER_ADDR "
+            "and run the same scl command on every node):"
+        )
+        for rank, command in enumerate(commands):
+            reporter.info(f"node {rank}: {command}")
+        return TrainResult(run_dir, 0)
+    where = f"node {plan.node_rank} of {plan.nnodes}, " if plan.nnodes > 1 else ""
+    reporter.info(
+        f"launching torchrun: {where}{plan.nproc_per_node} process(es) per node ({topo.strategy}, "
+        f"device {topo.device})"
+    )
+    launch.run_torchrun(launch.torchrun_command(plan, launch_args))
+    return result_from_run(run_dir)
+
+
+def result_from_run(run_dir: Path) -> TrainResult:
+    """A TrainResult read back from a run directory (metrics.jsonl and checkpoints), for the
+    process that launched the ranks."""
+    history = []
+    metrics_file = Path(run_dir) / METRICS_FILE
+    if metrics_file.exists():
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                history.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    losses = [row["loss"] for row in history if row.get("loss") is not None]
+    return TrainResult(
+        run_dir=Path(run_dir),
+        steps=int(history[-1]["step"]) if history else 0,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        last_checkpoint=latest_checkpoint(run_dir) if Path(run_dir).exists() else None,
+        history=history,
+    )

@@ -146,9 +146,10 @@ def test_bench_pretrain_reports_throughput_and_flops(shapes_root, tmp_path):
     out = tmp_path / "bench.json"
     proc = run_scl(
         "bench", "pretrain", str(RECIPES / "tiny.toml"), "--set", f'data.root="{shapes_root}"',
-        "--steps", "1", "--warmup", "0", "--batch", "4", "--json", str(out),
+        "--steps", "1", "--warmup", "0", "--batch", "4", "--data", "--json", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["samples_per_s"] > 0 and report["flops_per_sample"] > 0 and report["peak_memory_gb"] > 0
-    assert "samples/s" in proc.stdout
+    assert report["data"] == "loader" and 0 <= report["data_wait_fraction"] <= 1
+    assert "samples/s" in proc.stdout and "waiting for data" in proc.stdout

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from scl_cli.data.shards import MANIFEST, iter_tar_samples, read_manifest, split_entry
 from scl_cli.data.tokenizer import TextTokenizer
-from scl_cli.data.transforms import ImageTransform, normalize
+from scl_cli.data.transforms import ImageTransform
 from scl_cli.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -161,8 +161,10 @@ def _count_mismatch(shard: Shard) -> DataError:
 
 
 class PretrainStream(IterableDataset):
-    """Endless batches for one rank: `images` float32 [B, 1, 3, H, W], `text_ids` int64 [B, L],
-    `text_mask` int64 [B, L] (1 = real token), `index` int64 [B] (global sample index)."""
+    """Endless batches for one rank: `images` uint8 [B, 1, 3, H, W] (pixels; the step normalises
+    them on its device, see `transforms.to_model_input` — a quarter of float32's bytes through the
+    worker queue and the host-device copy), `text_ids` int64 [B, L], `text_mask` int64 [B, L]
+    (1 = real token), `index` int64 [B] (global sample index)."""
 
     def __init__(
         self,
@@ -250,7 +252,7 @@ class PretrainStream(IterableDataset):
             indices.append(index)
         text_ids, text_mask = self.tokenizer.encode(captions, self.max_len)
         return {
-            "images": normalize(torch.stack(pixels)).unsqueeze(1),
+            "images": torch.stack(pixels).unsqueeze(1),
             "text_ids": text_ids,
             "text_mask": text_mask,
             "index": torch.tensor(indices, dtype=torch.long),
@@ -278,19 +280,33 @@ def _image_bytes(sample: dict[str, Any]) -> bytes:
     raise DataError(f"{_where(sample)}: no image ({'/'.join(IMAGE_EXTENSIONS)}) member")
 
 
-def _check_layout(sources: list[Source], stream: PretrainStream, split: str, data_root: Path) -> None:
-    slots = stream.world_size * stream.workers
+def check_slots(
+    sources: list[Source], world_size: int, num_workers: int, split: str, data_root: Path
+) -> None:
+    """Every (rank, worker) slot must own at least one non-empty shard of every data set; else a
+    `DataError` naming the manifest and the fix. Cheap (manifest counts only): run it before
+    starting processes."""
+    workers = max(num_workers, 1)
+    slots = world_size * workers
     for src in sources:
         where = Path(data_root) / src.name / MANIFEST
         if len(src.shards) < slots:
             raise DataError(
                 f"{where}: split '{split}' has {len(src.shards)} shards, fewer than the {slots} loader slots "
-                f"({stream.world_size} ranks x {stream.workers} workers) — use fewer data.num_workers "
+                f"({world_size} ranks x {workers} workers) — use fewer data.num_workers "
                 "or prepare the data set with more, smaller shards"
             )
-        for worker in range(stream.workers):
-            if sum(s.samples for s in stream.slot_shards(src, worker)) == 0:
-                raise DataError(f"{where}: the shards of rank {stream.rank}, worker {worker} hold no samples")
+        for slot in range(slots):
+            if sum(s.samples for i, s in enumerate(src.shards) if i % slots == slot) == 0:
+                rank, worker = divmod(slot, workers)
+                raise DataError(f"{where}: the shards of rank {rank}, worker {worker} hold no samples")
+
+
+def check_pretrain_data(
+    data_root: Path, datasets: list[str], split: str, world_size: int, num_workers: int
+) -> None:
+    """What `build_pretrain_loader` checks first, for all ranks at once (manifests and shard files)."""
+    check_slots(load_sources(data_root, datasets, split), world_size, num_workers, split, data_root)
 
 
 def build_pretrain_loader(
@@ -336,7 +352,7 @@ def build_pretrain_loader(
         sources, list(weights), tokenizer, ImageTransform(image_size, augment, crop_min_scale),
         max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch,
     )  # fmt: skip
-    _check_layout(sources, stream, split, data_root)
+    check_slots(sources, world_size, num_workers, split, data_root)
     if num_workers > 0:
         # Tokenizing happens in forked workers; the tokenizers thread pool must not be inherited.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -90,6 +90,13 @@ class ShardWriter:
             self._finish()
         return self.shards
 
+    def abort(self) -> None:
+        """Drop the shard being written (its temporary file); finished shards stay."""
+        if self._file is not None and self._path is not None:
+            self._file.close()
+            self._path.with_suffix(".tar.partial").unlink(missing_ok=True)
+        self._tar = self._file = self._hashing = self._path = None
+
     def __enter__(self) -> ShardWriter:
         return self
 

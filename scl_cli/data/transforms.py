@@ -7,6 +7,7 @@ reproduce any sample's crop without replaying the stream. No horizontal flips: t
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
@@ -28,6 +29,9 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     if min_side is not None:
         image.draft("RGB", (min_side, min_side))
+    if image.mode == "RGB":  # convert() would copy the decoded pixels once more
+        image.load()
+        return image
     return image.convert("RGB")
 
 
@@ -73,6 +77,22 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     return (pixels.float() / 255 - mean) / std
+
+
+@functools.cache
+def _clip_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1).to(device, non_blocking=True)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1).to(device, non_blocking=True)
+    return mean, std
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """What the vision encoder takes: uint8 pixels [..., 3, H, W] are CLIP-normalised on their own
+    device (after the cheap uint8 transfer); float images are taken as normalised already."""
+    if images.dtype != torch.uint8:
+        return images
+    mean, std = _clip_stats(images.device)
+    return (images.float() / 255 - mean) / std
 
 
 class ImageTransform:

@@ -70,6 +70,8 @@ class SCLModel(nn.Module):
         self.itc_text_proj = ITCProjection(width, cfg.itc_dim)
         self.itc_image_proj = ITCProjection(width, cfg.itc_dim)
         self.itc_temperature = nn.Parameter(torch.tensor(0.07))
+        # What `from_recipe_model` loaded with model.init = "pretrained" (LoadReports; empty otherwise).
+        self.init_reports: list = []
 
         for name, child in self.named_children():
             if name not in ("vision", "text"):
@@ -84,13 +86,17 @@ class SCLModel(nn.Module):
 
     @classmethod
     def from_recipe_model(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> SCLModel:
-        """Build the model a recipe describes (the one entry point that knows about `model.init`)."""
+        """Build the model a recipe describes (the one entry point that knows about `model.init`).
+
+        With `init = "pretrained"` the vision encoder is loaded from `model.vision.weights` and the
+        text encoder from `model.text.weights`; what each load did is kept in `model.init_reports`.
+        """
+        model = cls(cfg, vocab_size, pad_token_id)
         if cfg.init == "pretrained":
-            raise UsageError(
-                f"model.init = 'pretrained' (loading {cfg.vision.weights!r} and {cfg.text.weights!r}) comes "
-                "with the weight-loading feature; pass --set model.init=random for now"
-            )
-        return cls(cfg, vocab_size, pad_token_id)
+            from scl_cli.model.pretrained import initialise_pretrained
+
+            model.init_reports = initialise_pretrained(model, cfg)
+        return model
 
     # ------------------------------------------------------------------ unimodal passes
     def encode_image(

@@ -3,6 +3,13 @@
 Negatives reuse the step's unimodal encodings: the text keeps its place and the image is taken
 from another sample, either at random (the paper) or in proportion to the ITC similarity (ALBEF's
 hard negatives, `negatives = "hard"`). No extra image is loaded or encoded.
+
+Across processes the choice is made over the *global* batch, with the step's shared random
+draws (`StepRandom`), so a run on N processes picks exactly the pairs one process would on the
+same global batch. Random negatives are planned on the host, so each process fetches only the
+B/2 image-token rows it needs from the others (one all-to-all, traffic independent of the
+number of processes). Hard negatives depend on the similarities, which live on the device; they
+all-gather the fusion image inputs instead (as BLIP does), which costs O(world) traffic.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
+from scl_cli.training.distributed import gather_no_grad
 from scl_cli.training.step_context import StepContext
 
 
@@ -20,17 +28,28 @@ class ITMSettings(ObjectiveSettings):
     negatives: Literal["random", "hard"] = "random"
 
 
-def random_other_index(batch: int, device: torch.device) -> torch.Tensor:
+def random_other_index(
+    batch: int, device: torch.device | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """[B] for each i a uniformly drawn j != i."""
-    shift = torch.randint(1, max(batch, 2), (batch,), device=device)
+    shift = torch.randint(1, max(batch, 2), (batch,), device=device, generator=generator)
     return (torch.arange(batch, device=device) + shift) % batch
 
 
-def hard_other_index(similarity: torch.Tensor) -> torch.Tensor:
-    """[B] for each row i a column j != i drawn with probability softmax(similarity_i)."""
-    weights = similarity.softmax(dim=1) + 1e-5
-    weights = weights.masked_fill(torch.eye(len(weights), dtype=torch.bool, device=weights.device), 0.0)
-    return torch.multinomial(weights, 1).squeeze(1)
+def hard_other_index(
+    similarity: torch.Tensor, noise: torch.Tensor | None = None, offset: int = 0
+) -> torch.Tensor:
+    """For each row i of similarity [B, N] a column j != offset + i (the row's own sample) drawn
+    with probability proportional to softmax(similarity_i) + 1e-5. Sampled as an exponential
+    race on `noise` (U[0, 1) [B, N], fresh when None): argmax_j w_j / -log(u_j) — so a row's draw
+    depends only on its own noise row, whatever the batch split. [B] column indices."""
+    rows, cols = similarity.shape
+    weights = similarity.float().softmax(dim=1) + 1e-5
+    own = torch.arange(rows, device=weights.device)[:, None] + offset
+    weights = weights.scatter(1, own, 0.0)
+    if noise is None:
+        noise = torch.rand(rows, cols, device=weights.device)
+    return (weights.log() - (-noise.log()).log()).argmax(dim=1)
 
 
 @register
@@ -40,17 +59,23 @@ class ITM(Objective):
     settings: ITMSettings
 
     def plan(self, ctx: StepContext) -> None:
-        B, device = ctx.batch_size, ctx.device
+        rnd, B, device = ctx.random, ctx.batch_size, ctx.device
+        N, offset = rnd.global_rows, rnd.rank * B
+        # Exactly half of the global batch's pairs are negatives, at random places.
+        negative = torch.randperm(N, generator=rnd.host) < N // 2
+        self.is_negative = rnd.local(negative).to(device, non_blocking=True)
+        plan = None
         if self.settings.negatives == "hard":
             text, image = ctx.itc()
             with torch.no_grad():
-                other = hard_other_index(text @ image.t() / ctx.model.itc_temperature)
+                similarity = text @ gather_no_grad(image).t() / ctx.model.itc_temperature
+                other = hard_other_index(similarity, rnd.uniform(N), offset)
+            own = torch.arange(B, device=device) + offset
+            index = torch.where(self.is_negative, other, own)
         else:
-            other = random_other_index(B, device)
-        # Exactly half of the pairs are negatives, at random places.
-        self.is_negative = torch.randperm(B, device=device) < B // 2
-        index = torch.where(self.is_negative, other, torch.arange(B, device=device))
-        ctx.request_fusion("itm", text="full", image="full", image_index=index)
+            plan = torch.where(negative, random_other_index(N, generator=rnd.host), torch.arange(N))
+            index = rnd.local(plan).to(device, non_blocking=True)
+        ctx.request_fusion("itm", text="full", image="full", image_index=index, image_plan=plan)
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         logits = ctx.model.itm_logits(ctx.pooled("itm"))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from scl_cli.objectives.registry import Objective, register
-from scl_cli.training.distributed import global_mean
+from scl_cli.training.distributed import all_reduce_sum, world_size
 from scl_cli.training.step_context import StepContext
 
 
@@ -22,8 +22,10 @@ class MLM(Objective):
         logits = ctx.model.mlm_logits(ctx.fused("mlm").text)
         per_token = F.cross_entropy(logits.flatten(0, 1), ctx.text_ids.flatten(), reduction="none")
         picked = mask.picked.flatten()
-        # Mean over the masked tokens of the whole (gathered) batch.
-        loss = global_mean(torch.where(picked, per_token, torch.zeros_like(per_token)).sum(), picked.sum())
+        # Mean over the masked tokens of the whole global batch (see distributed.global_mean):
+        # the local share total * world / global count, which the trainer's average over ranks
+        # logs as the true global mean; the accuracy is shared out the same way.
+        share = world_size() / all_reduce_sum(picked.sum()).to(per_token.dtype).clamp(min=1)
+        loss = torch.where(picked, per_token, torch.zeros_like(per_token)).sum() * share
         hits = (logits.argmax(dim=-1) == ctx.text_ids) & mask.picked
-        accuracy = hits.sum() / mask.picked.sum().clamp(min=1)
-        return {"loss": loss, "accuracy": accuracy.detach()}
+        return {"loss": loss, "accuracy": (hits.sum() * share).detach()}

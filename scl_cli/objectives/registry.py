@@ -35,9 +35,19 @@ class Objective:
     name: ClassVar[str]
     Settings: ClassVar[type[ObjectiveSettings]] = ObjectiveSettings
     default_weight: ClassVar[float] = 1.0
+    # Part of the paper's pre-training set (what a recipe without [objectives] gets)?
+    pretraining: ClassVar[bool] = True
 
     def __init__(self, settings: ObjectiveSettings) -> None:
         self.settings = settings
+
+    def setup_model(self, model: torch.nn.Module) -> list[str]:
+        """Add the task head this objective trains, if any, before weights are loaded; returns the
+        prefixes of the parameters it created (a checkpoint may lack them)."""
+        return []
+
+    def init_new_heads(self, model: torch.nn.Module, missing: set[str]) -> None:
+        """After loading: initialise heads the checkpoint did not hold (`missing` key names)."""
 
     def plan(self, ctx: StepContext) -> None:
         """Declare fusion passes with `ctx.request_fusion(...)`; default: none."""
@@ -82,7 +92,7 @@ def validate_objectives(raw: dict[str, Any]) -> dict[str, ObjectiveSettings]:
     """
     known = registered()
     if not raw:
-        return {name: cls.Settings(weight=cls.default_weight) for name, cls in known.items()}
+        return {name: cls.Settings(weight=cls.default_weight) for name, cls in known.items() if cls.pretraining}
     out: dict[str, ObjectiveSettings] = {}
     for name, table in raw.items():
         if isinstance(table, ObjectiveSettings):

@@ -194,6 +194,20 @@ class LogConfig(Section):
     tensorboard: bool = True
 
 
+# ----------------------------------------------------------------------------- fine-tuning task
+class TaskConfig(Section):
+    """What `scl finetune` trains and evaluates (pre-training recipes have no [task] table)."""
+
+    name: Literal["vqa", "nlvr2", "retrieval"]
+    dataset: str = Field(description="Data set under data.root, e.g. 'vqav2', 'nlvr2', 'f30k', 'coco', 'shapes'.")
+    group: str = Field("splits", description="Manifest group of the splits ('nlvr2' for the shapes pairs).")
+    train_split: str = "train"
+    eval_split: str = Field("val", description="Split evaluated at the end of fine-tuning.")
+    epochs: float | None = Field(None, gt=0, description="Sets optim.max_steps from the training split's size.")
+    rerank: int = Field(128, ge=0, description="Retrieval: ITC candidates re-scored by the fusion rank head.")
+    max_questions: int = Field(8, ge=1, description="VQA: questions per image in a training batch.")
+
+
 # ----------------------------------------------------------------------------- the recipe
 class Recipe(Section):
     data: DataConfig = DataConfig()
@@ -204,6 +218,7 @@ class Recipe(Section):
     topology: TopologyConfig = TopologyConfig()
     output: OutputConfig = OutputConfig()
     log: LogConfig = LogConfig()
+    task: TaskConfig | None = None
 
     @field_validator("objectives", mode="before")
     @classmethod

@@ -73,6 +73,7 @@ def save_checkpoint(
     training_state: dict[str, Any] | None,
     extra_files: dict[str, Path] | None = None,
     keep_last: int | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `RUN/checkpoints/step-<step>/` atomically and prune older checkpoints.
 
@@ -80,7 +81,8 @@ def save_checkpoint(
     keeping; `format`, `version` and `step` are set here. `training_state` (see
     `build_training_state`) must hold only tensors and plain Python values so that it loads with
     `torch.load(weights_only=True)`. `extra_files` maps a file name in the checkpoint to a source
-    file (e.g. `{"tokenizer.json": path}`). Returns the checkpoint directory.
+    file (e.g. `{"tokenizer.json": path}`). `state_dict` replaces `model.state_dict()` when given
+    (e.g. the full state gathered from FSDP shards). Returns the checkpoint directory.
     """
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,9 @@ def save_checkpoint(
     tmp = ckpt_root / f"{TMP_PREFIX}step-{step}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        tensors, aliases = _dedupe_shared(_unwrap(model).state_dict())
+        if state_dict is None:
+            state_dict = _unwrap(model).state_dict()
+        tensors, aliases = _dedupe_shared(state_dict)
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": "pt", _ALIASES_KEY: json.dumps(aliases)})
         _fsync_file(tmp / MODEL_FILE)
 

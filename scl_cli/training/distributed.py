@@ -52,22 +52,81 @@ def world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
+def _communicates(x: Tensor) -> bool:
+    """True in a process group of 2+; meta tensors (shape-only dry runs) never communicate."""
+    return is_dist() and dist.get_world_size() > 1 and x.device.type != "meta"
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """All ranks' `x` concatenated along dim 0 (`[world * B, ...]`), rank order.
 
     Every rank's slice stays differentiable: the backward sums the gradients from all ranks into
     the local `x`. All ranks must pass the same shape. Identity in one process.
     """
-    if not is_dist() or dist.get_world_size() == 1:
+    if not _communicates(x):
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _all_gather_autograd(x.contiguous())
 
-    return torch.cat(all_gather(x), dim=0)
+
+def gather_no_grad(x: Tensor) -> Tensor:
+    """All ranks' `x` concatenated along dim 0, outside autograd (for choices, not for losses)."""
+    if not _communicates(x):
+        return x.detach()
+    out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, x.detach().contiguous())
+    return out
+
+
+def rows_of_global_batch(x: Tensor, index: Tensor, plan: Tensor | None = None) -> Tensor:
+    """Rows `index` [B] of the global batch (all ranks' `x` [B, ...] stacked in rank order).
+
+    Differentiable for every rank's `x`. With `plan` (a CPU tensor [world * B]: the global row
+    wanted by every row of the global batch, the same on every rank; `index` is this rank's
+    slice of it), only the needed rows travel, in one all-to-all whose sizes are known on the
+    host: O(B) traffic whatever the world size, and no host-device sync. Without it the whole
+    batch is all-gathered (O(world * B)). In one process: `x.index_select(0, index)`.
+    """
+    if not _communicates(x):
+        return x.index_select(0, index)
+    if plan is None:
+        return gather_with_grad(x).index_select(0, index)
+    world, rank, local = dist.get_world_size(), dist.get_rank(), x.shape[0]
+    if plan.numel() != world * local:
+        raise ValueError(f"plan covers {plan.numel()} rows, the global batch has {world * local}")
+    wanted = plan.view(world, local)
+    # Sent: for each destination in rank order, the rows of ours it wants, in its order.
+    ours = wanted // local == rank
+    send = (wanted - rank * local)[ours]
+    # Received: grouped by source rank; `back` puts every row in its place again.
+    source = wanted[rank] // local
+    back = source.argsort(stable=True).argsort()
+    device = x.device
+    outgoing = x.index_select(0, send.to(device, non_blocking=True)).contiguous()
+    received = _all_to_all_autograd(
+        outgoing, torch.bincount(source, minlength=world).tolist(), ours.sum(1).tolist()
+    )
+    return received.index_select(0, back.to(device, non_blocking=True))
+
+
+def _all_gather_autograd(x: Tensor) -> Tensor:
+    from torch.distributed import _functional_collectives as fc
+
+    gather = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd
+    # wait_tensor: a plain tensor (not a lazy AsyncCollectiveTensor), still differentiable; on
+    # NCCL it orders the stream, it does not block the host.
+    return fc.wait_tensor(gather(x, 0, dist.group.WORLD))
+
+
+def _all_to_all_autograd(x: Tensor, output_sizes: list[int], input_sizes: list[int]) -> Tensor:
+    from torch.distributed import _functional_collectives as fc
+
+    return fc.wait_tensor(fc.all_to_all_single_autograd(x, output_sizes, input_sizes, dist.group.WORLD))
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Sum of `x` over ranks, outside autograd; `x` itself in one process."""
-    if not is_dist():
+    if not _communicates(x):
         return x
     summed = x.detach().clone()
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)

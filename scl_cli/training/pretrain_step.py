@@ -2,6 +2,10 @@
 
 Wrapping the step in a module gives DDP/FSDP one `forward` to hook into, whatever objectives
 the recipe enables; the trainer only calls it and backpropagates `total`.
+
+Randomness (masks, ITM negatives) comes from `StepRandom(seed, draws)`, where `draws` counts the
+micro-batches this module has run: the same on every rank, and restored on resume from the
+trainer's data position (`draws = micro_batches`).
 """
 
 from __future__ import annotations
@@ -12,24 +16,37 @@ from torch import nn
 from scl_cli.model import SCLModel
 from scl_cli.objectives.registry import Objective
 from scl_cli.recipe.schema import MaskingConfig
-from scl_cli.training.masking import TextSpec
+from scl_cli.training.distributed import DistInfo, dist_info
+from scl_cli.training.masking import StepRandom, TextSpec
 from scl_cli.training.step_context import StepContext
 
 
 class PretrainStep(nn.Module):
     def __init__(
-        self, model: SCLModel, objectives: dict[str, Objective], masking: MaskingConfig, spec: TextSpec
+        self,
+        model: SCLModel,
+        objectives: dict[str, Objective],
+        masking: MaskingConfig,
+        spec: TextSpec,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
         self.objectives = objectives
         self.masking = masking
         self.spec = spec
+        self.seed = seed
+        self.draws = 0  # micro-batches run so far: the position in the random stream
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Returns `total` (weighted sum, with gradient) and detached per-objective values:
         `NAME` for each loss and `NAME/extra` for what an objective reports besides."""
-        ctx = StepContext(self.model, batch, self.masking, self.spec)
+        device, rows = batch["text_ids"].device, batch["text_ids"].shape[0]
+        # Meta tensors (shape-only dry runs) never communicate: they run as one process.
+        info = dist_info() if device.type != "meta" else DistInfo()
+        rnd = StepRandom(self.seed, self.draws, device, rows, info.rank, info.world_size)
+        self.draws += 1
+        ctx = StepContext(self.model, batch, self.masking, self.spec, rnd)
         for objective in self.objectives.values():
             objective.plan(ctx)
         ctx.run_fusion()

@@ -22,6 +22,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_process_group: bool = False  # setup_runtime started it: `teardown` ends it
 
     @property
     def is_main(self) -> bool:
@@ -37,6 +38,13 @@ class Runtime:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
+
+    def teardown(self) -> None:
+        """Leave the process group this runtime started (after every rank got here)."""
+        if self.owns_process_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+            self.owns_process_group = False
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """fp16 needs loss scaling; bf16 and fp32 do not."""
@@ -72,12 +80,17 @@ def setup_runtime(topology: TopologyConfig) -> Runtime:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(topology, local_rank)
+    owns = False
     if world > 1 and not dist.is_initialized():
+        from scl_cli.training.launch import die_with_parent
+
+        die_with_parent()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        owns = True
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(device, resolve_precision(topology, device), rank, world, local_rank)
+    return Runtime(device, resolve_precision(topology, device), rank, world, local_rank, owns)
 
 
 def seed_everything(seed: int) -> None:

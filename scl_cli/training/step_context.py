@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from scl_cli.data.transforms import to_model_input
 from scl_cli.recipe.schema import MaskingConfig
 from scl_cli.training import masking as M
+from scl_cli.training.distributed import rows_of_global_batch
 
 if TYPE_CHECKING:
     from scl_cli.model import FusionOutput, ImageEncoding, SCLModel
@@ -31,26 +33,38 @@ if TYPE_CHECKING:
 class FusionRequest:
     text: str
     image: str
-    image_index: torch.Tensor | None = None  # [B]: pair text i with image image_index[i]
+    # [B]: pair text i with image image_index[i] of the *global* batch (all ranks, rank order);
+    # image_plan: the same for every row of the global batch, on the host (see rows_of_global_batch).
+    image_index: torch.Tensor | None = None
+    image_plan: torch.Tensor | None = None
 
 
 class StepContext:
     """Per-step cache of encodings, masks and fusion outputs for one micro-batch.
 
-    batch: `images` [B, T, 3, H, W] float, `text_ids` [B, L] int64, `text_mask` [B, L] (1 = token).
+    batch: `images` [B, T, 3, H, W] (uint8 pixels, normalised here on the device, or float already
+    normalised), `text_ids` [B, L] int64, `text_mask` [B, L] (1 = token). `random` supplies every
+    random draw of the step (masks, ITM negatives); by default one process's, seeded from the
+    global torch RNG.
     """
 
     def __init__(
-        self, model: SCLModel, batch: dict[str, torch.Tensor], masking: MaskingConfig, spec: M.TextSpec
+        self,
+        model: SCLModel,
+        batch: dict[str, torch.Tensor],
+        masking: MaskingConfig,
+        spec: M.TextSpec,
+        random: M.StepRandom | None = None,
     ):
         self.model = model
         self.masking = masking
         self.spec = spec
-        self.images = batch["images"]
+        self.images = to_model_input(batch["images"])
         self.text_ids = batch["text_ids"]
         self.text_mask = batch["text_mask"]
         self.batch_size, self.frames = self.images.shape[:2]
         self.device = self.images.device
+        self.random = random or M.StepRandom.from_global_rng(self.device, self.batch_size)
         vcfg = model.config.vision
         self.patches = (vcfg.image_size // vcfg.patch_size) ** 2
         self._images: dict[str, ImageEncoding] = {}
@@ -67,7 +81,8 @@ class StepContext:
     def patch_drop(self) -> M.PatchDrop:
         if "drop" not in self._masks:
             self._masks["drop"] = M.drop_patches(
-                self.batch_size, self.patches, self.masking.scl_image_drop, self.device
+                self.batch_size, self.patches, self.masking.scl_image_drop, self.device,
+                noise=self.random.uniform(self.patches),
             )
         return self._masks["drop"]  # type: ignore[return-value]
 
@@ -75,7 +90,8 @@ class StepContext:
     def patch_mask(self) -> M.PatchMask:
         if "masktok" not in self._masks:
             self._masks["masktok"] = M.mask_patches(
-                self.batch_size, self.patches, self.masking.scl_local_image_mask, self.device
+                self.batch_size, self.patches, self.masking.scl_local_image_mask, self.device,
+                noise=self.random.uniform(self.patches),
             )
         return self._masks["masktok"]  # type: ignore[return-value]
 
@@ -85,7 +101,7 @@ class StepContext:
             m = self.masking
             self._masks["mlm"] = M.mask_words_for_mlm(
                 self.text_ids, self.text_mask, self.spec, m.mlm_prob, m.mlm_whole_word,
-                m.mlm_mask_share, m.mlm_random_share,
+                m.mlm_mask_share, m.mlm_random_share, noise=self.random.uniform(self.text_ids.shape[1], 3),
             )  # fmt: skip
         return self._masks["mlm"]  # type: ignore[return-value]
 
@@ -93,7 +109,8 @@ class StepContext:
     def scl_text_mask(self) -> M.TextMask:
         if "scl" not in self._masks:
             self._masks["scl"] = M.mask_text_span(
-                self.text_ids, self.text_mask, self.spec, self.masking.scl_text_mask
+                self.text_ids, self.text_mask, self.spec, self.masking.scl_text_mask,
+                noise=self.random.uniform(self.text_ids.shape[1]),
             )
         return self._masks["scl"]  # type: ignore[return-value]
 
@@ -147,10 +164,19 @@ class StepContext:
 
     # ------------------------------------------------------------------ fusion passes
     def request_fusion(
-        self, name: str, text: str = "full", image: str = "full", image_index: torch.Tensor | None = None
+        self,
+        name: str,
+        text: str = "full",
+        image: str = "full",
+        image_index: torch.Tensor | None = None,
+        image_plan: torch.Tensor | None = None,
     ) -> None:
-        """Declare a fusion pass; the same name declared twice must mean the same pass."""
-        req = FusionRequest(text, image, image_index)
+        """Declare a fusion pass; the same name declared twice must mean the same pass.
+
+        `image_index` [B] pairs local text i with image `image_index[i]` of the global batch (in one
+        process, the batch); `image_plan` is its host-side global version, which lets a
+        distributed run fetch only the rows it needs (see `rows_of_global_batch`)."""
+        req = FusionRequest(text, image, image_index, image_plan)
         old = self._requests.get(name)
         if old is not None:
             if (old.text, old.image) != (text, image) or old.image_index is not image_index:
@@ -170,7 +196,7 @@ class StepContext:
                 req = self._requests[name]
                 img = self.image_embeds(req.image)
                 if req.image_index is not None:
-                    img = img.index_select(0, req.image_index)
+                    img = rows_of_global_batch(img, req.image_index, req.image_plan)
                 texts.append(self.text_embeds(req.text))
                 images.append(img)
             mask = self.text_mask.repeat(len(names), 1)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from scl_cli.reporting import Reporter
-from scl_cli.training.checkpoint import capture_rng_state, save_checkpoint
+from scl_cli.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
 from scl_cli.training.metrics import MetricsLogger
+from scl_cli.training.parallel import StateIO
 from scl_cli.training.runtime import Runtime
 
 
@@ -33,10 +34,13 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs `step_module` (a PretrainStep, possibly DDP-wrapped) until `max_steps`.
+    """Runs `step_module` (a PretrainStep, possibly DDP/FSDP-wrapped) until `max_steps`.
 
-    `save_fn(step, training_state)` writes a checkpoint (rank 0); it is called every
-    `checkpoint_every` steps, at the end, and when the run is interrupted with Ctrl-C.
+    `save_fn(step, training_state)` writes a checkpoint (rank 0; every rank calls it); it is called
+    every `checkpoint_every` steps, at the end, and when a one-process run is interrupted with
+    Ctrl-C. `state_io` says how the optimizer state is saved and loaded (plain state dicts by
+    default; full state dicts gathered from the shards under FSDP). The training state holds
+    every rank's RNG state (`rng_ranks`), so each rank resumes its own random stream.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class Trainer:
         save_fn,
         metrics: MetricsLogger,
         reporter: Reporter,
+        state_io: StateIO | None = None,
     ) -> None:
         self.step_module = step_module
         self.model = model
@@ -71,29 +76,63 @@ class Trainer:
         self.save_fn = save_fn
         self.metrics = metrics
         self.reporter = reporter
+        self.state_io = state_io or StateIO()
         self.scaler = runtime.grad_scaler()
+        self.data_wait = 0.0  # seconds blocked waiting for the next batch since the last log
 
     def training_state(self, state: TrainState) -> dict:
+        """What a checkpoint needs to resume exactly; a collective in distributed runs (call it on
+        every rank; only rank 0's result is complete)."""
+        rng = capture_rng_state()
         out = {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.state_io.optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
-            "rng": capture_rng_state(),
+            "rng": rng,
             "step": state.step,
             "micro_batches": state.micro_batches,
+            "world_size": self.rt.world_size,
         }
+        if self.rt.distributed:
+            import torch.distributed as dist
+
+            gathered = [None] * self.rt.world_size if self.rt.is_main else None
+            dist.gather_object(rng, gathered, dst=0)
+            out["rng_ranks"] = gathered or []
         if self.scaler is not None:
             out["scaler"] = self.scaler.state_dict()
         return out
 
     def load_training_state(self, saved: dict) -> TrainState:
-        self.optimizer.load_state_dict(saved["optimizer"])
+        """Optimizer, scheduler and scaler state; see `restore_rng` for the random streams."""
+        self.state_io.load_optimizer_state(self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.scaler is not None and "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
         return TrainState(int(saved["step"]), int(saved["micro_batches"]))
 
+    def restore_rng(self, saved: dict) -> None:
+        """This rank's RNG states from a training state (rank 0's for one-process checkpoints).
+
+        A checkpoint from another number of processes resumes, but not exactly: the data split
+        and the random streams differ from the uninterrupted run's."""
+        ranks = saved.get("rng_ranks") or []
+        saved_world = int(saved.get("world_size", max(len(ranks), 1)))
+        if saved_world != self.rt.world_size:
+            self.reporter.warn(
+                f"the checkpoint was written by {saved_world} process(es), this run has "
+                f"{self.rt.world_size}: training continues, but not exactly as the original run would"
+            )
+        restore_rng_state(ranks[self.rt.rank] if self.rt.rank < len(ranks) else saved["rng"])
+
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Non-blocking: from pinned loader memory (pin_memory on CUDA) the copy overlaps compute.
         return {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
+
+    def _next_batch(self, batches: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()
+        batch = next(batches)
+        self.data_wait += time.perf_counter() - start
+        return batch
 
     def _sync_context(self, last_micro: bool):
         # Skip DDP's gradient all-reduce on all but the last micro-batch of a step.
@@ -110,7 +149,7 @@ class Trainer:
         self.model.train()
         sums: dict[str, torch.Tensor] = {}
         for micro in range(self.accumulation):
-            batch = self._to_device(next(batches))
+            batch = self._to_device(self._next_batch(batches))
             state.micro_batches += 1
             with self._sync_context(micro == self.accumulation - 1):
                 with self.rt.autocast():
@@ -126,9 +165,10 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.grad_clip is not None:
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.grad_clip
-            ).detach()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+                norm = norm.full_tensor()
+            sums["grad_norm"] = norm.detach()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -167,7 +207,8 @@ class Trainer:
                     result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
                     last_saved = state.step
         except KeyboardInterrupt:
-            if state.step > last_saved:
+            # Saving is a collective across processes, which an interrupted run cannot promise.
+            if state.step > last_saved and not self.rt.distributed:
                 result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
             raise
         result.steps = state.step
@@ -189,16 +230,27 @@ class Trainer:
         values["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # the encoders' rate; others scale it
         values["samples_per_s"] = self.global_batch * steps / max(seconds, 1e-9)
         values["step_time"] = seconds / steps
+        values["data_wait"] = min(self.data_wait / max(seconds, 1e-9), 1.0)  # this rank's share
+        self.data_wait = 0.0
         return values
 
 
 def write_checkpoint_fn(
-    run_dir: Path, model: nn.Module, config: dict, extra_files: dict, keep_last: int, runtime: Runtime
+    run_dir: Path,
+    model: nn.Module,
+    config: dict,
+    extra_files: dict,
+    keep_last: int,
+    runtime: Runtime,
+    state_io: StateIO | None = None,
 ):
-    """A `save_fn` for Trainer: rank 0 writes, every rank waits until the checkpoint is complete."""
+    """A `save_fn` for Trainer: rank 0 writes, every rank waits until the checkpoint is complete.
+    Call it on every rank (under FSDP gathering the full state dict is a collective)."""
+    state_io = state_io or StateIO()
 
     def save(step: int, training_state: dict) -> Path | None:
         path = None
+        state_dict = state_io.model_state()
         if runtime.is_main:
             path = save_checkpoint(
                 run_dir,
@@ -208,6 +260,7 @@ def write_checkpoint_fn(
                 training_state,
                 extra_files,
                 keep_last=keep_last,
+                state_dict=state_dict,
             )
         if runtime.distributed:
             import torch.distributed as dist

@@ -12,7 +12,7 @@ from PIL import Image
 
 from scl_cli.data.loader import bounded_shuffle, build_pretrain_loader
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
-from scl_cli.data.transforms import ImageTransform, random_resized_crop_box
+from scl_cli.data.transforms import ImageTransform, normalize, random_resized_crop_box, to_model_input
 from scl_cli.errors import DataError
 
 BATCH, SIZE, MAX_LEN = 4, 32, 20
@@ -46,12 +46,15 @@ def assert_same(a: list[dict], b: list[dict]) -> None:
 def test_batch_layout(tiny_root: Path, tokenizer: TextTokenizer) -> None:
     (batch,) = batches(tiny_root, tokenizer, 1)
     assert set(batch) == {"images", "text_ids", "text_mask", "index"}
-    assert batch["images"].shape == (BATCH, 1, 3, SIZE, SIZE) and batch["images"].dtype == torch.float32
+    # uint8 pixels: a quarter of float32's bytes through the worker queue and the device copy
+    assert batch["images"].shape == (BATCH, 1, 3, SIZE, SIZE) and batch["images"].dtype == torch.uint8
     assert batch["text_ids"].shape == batch["text_mask"].shape == (BATCH, MAX_LEN)
     assert batch["text_ids"].dtype == batch["text_mask"].dtype == batch["index"].dtype == torch.int64
     assert batch["index"].shape == (BATCH,)
     assert ((batch["text_mask"] == 0) == (batch["text_ids"] == tokenizer.pad_id)).all()
-    assert -2.5 < batch["images"].min() < batch["images"].max() < 2.5  # CLIP-normalised
+    model_input = to_model_input(batch["images"])  # what the step does on its device
+    assert model_input.dtype == torch.float32 and torch.equal(model_input, normalize(batch["images"]))
+    assert -2.5 < model_input.min() < model_input.max() < 2.5  # CLIP-normalised
 
 
 def test_same_arguments_same_batches(tiny_root: Path, tokenizer: TextTokenizer) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from scl_cli.objectives import build_objectives, registered, validate_objectives
 from scl_cli.objectives.itm import hard_other_index, random_other_index
-from scl_cli.training.masking import TextMask
+from scl_cli.training.masking import StepRandom, TextMask
 
 from .test_contrastive import reference
 
@@ -25,6 +25,7 @@ class FakeContext:
         g = torch.Generator().manual_seed(seed)
         r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
         self.batch_size, self.frames, self.device = B, frames, torch.device("cpu")
+        self.random = StepRandom(seed, 0, self.device, B)
         self.requests = {}
         self.outputs = {
             name: SimpleNamespace(text=r(B, L, D), image=r(B, S * frames, D))
@@ -51,7 +52,7 @@ class FakeContext:
         )
         self.image_positions = torch.tensor([[1, 2]] * B)
 
-    def request_fusion(self, name, text="full", image="full", image_index=None):
+    def request_fusion(self, name, text="full", image="full", image_index=None, image_plan=None):
         self.requests[name] = (text, image, image_index)
 
     def fused(self, name):

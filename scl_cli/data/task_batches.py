@@ -1,0 +1,176 @@
+"""Batches for fine-tuning and evaluation: VQA, NLVR2 and image-text retrieval.
+
+Each `*Batcher` turns raw shard samples (`{"__key__", "jpg", "json", ...}`) into the tensors the
+task's objective reads. Training streams call them with a per-sample `random.Random` (augment,
+caption choice); evaluation calls them without (centre crop, every question / caption kept).
+Images stay uint8 [B, 1, 3, H, W]: the step normalises them on its device.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scl_cli.data.loader import load_sources
+from scl_cli.data.shards import iter_tar_samples
+from scl_cli.data.tokenizer import TextTokenizer
+from scl_cli.data.transforms import ImageTransform
+from scl_cli.data.vqa_answers import answer_labels, build_vocabulary, normalize_answer
+from scl_cli.errors import DataError
+
+Item = tuple[dict[str, Any], int, random.Random | None]
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def sample_json(sample: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return json.loads(sample["json"])
+    except (KeyError, ValueError) as err:
+        raise DataError(f"sample {sample.get('__key__')}: unreadable .json ({err})") from err
+
+
+def image_bytes(sample: dict[str, Any], prefix: str = "") -> bytes:
+    for ext in IMAGE_KEYS:
+        if prefix + ext in sample:
+            return sample[prefix + ext]
+    raise DataError(f"sample {sample.get('__key__')}: no {prefix}jpg/png image")
+
+
+def iter_split(data_root: Path, dataset: str, split: str, group: str = "splits") -> Iterator[dict[str, Any]]:
+    """Every raw sample of a split once, in manifest order (evaluation)."""
+    for source in load_sources(data_root, [dataset], split, group=group):
+        for shard in source.shards:
+            yield from iter_tar_samples(shard.path)
+
+
+def count_split(data_root: Path, dataset: str, split: str, group: str = "splits") -> int:
+    return sum(s.samples for s in load_sources(data_root, [dataset], split, group=group))
+
+
+# ----------------------------------------------------------------------------- VQA
+def vqa_answer_vocabulary(data_root: Path, dataset: str) -> list[str]:
+    """The data set's `answers.json` (VQAv2, as prepared), else the answers of its train split by
+    frequency (the synthetic shapes data)."""
+    path = Path(data_root) / dataset / "answers.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    answers = [q["answer"] for s in iter_split(data_root, dataset, "train") for q in sample_json(s).get("vqa", [])]
+    if not answers:
+        raise DataError(f"{Path(data_root) / dataset}: no answers.json and no VQA questions in its train split")
+    return build_vocabulary(answers, size=len(set(answers)))
+
+
+def human_answers(question: dict[str, Any]) -> list[str]:
+    """The ten annotator answers (VQAv2) or the one generated answer, as a list."""
+    answers = question.get("answers")
+    if answers:
+        return [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
+    return [question["answer"]] if "answer" in question else []
+
+
+def majority_answer(data_root: Path, dataset: str) -> str:
+    """Most frequent training answer: the baseline a VQA model must beat."""
+    counts = Counter(
+        normalize_answer(a)
+        for s in iter_split(data_root, dataset, "train")
+        for q in sample_json(s).get("vqa", [])
+        for a in human_answers(q)[:1] or []
+    )
+    return counts.most_common(1)[0][0] if counts else ""
+
+
+@dataclass
+class VQABatcher:
+    tokenizer: TextTokenizer
+    transform: ImageTransform
+    max_len: int
+    vocabulary: list[str]
+    max_questions: int = 8  # per image per training batch: bounds the fused batch size
+
+    def __post_init__(self) -> None:
+        self.index = {a: i for i, a in enumerate(self.vocabulary)}
+
+    def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        pixels, questions, owner, targets, qids = [], [], [], [], []
+        for row, (sample, _, rng) in enumerate(items):
+            record = sample_json(sample)
+            chosen = list(record.get("vqa", []))
+            if rng is not None and len(chosen) > self.max_questions:
+                chosen = rng.sample(chosen, self.max_questions)
+            pixels.append(self.transform.from_bytes(image_bytes(sample), rng))
+            for q in chosen:
+                target = torch.zeros(len(self.vocabulary))
+                labels = q.get("labels") or answer_labels(human_answers(q), self.index)
+                for i, score in labels.items():
+                    target[int(i)] = float(score)
+                questions.append(q["question"])
+                owner.append(row)
+                targets.append(target)
+                qids.append(int(q.get("question_id", len(qids))))
+        if not questions:
+            raise DataError(f"batch of {len(items)} images holds no VQA question")
+        ids, mask = self.tokenizer.encode(questions, self.max_len)
+        return {
+            "images": torch.stack(pixels).unsqueeze(1),
+            "text_ids": ids,
+            "text_mask": mask,
+            "question_image": torch.tensor(owner, dtype=torch.long),
+            "vqa_targets": torch.stack(targets),
+            "question_id": torch.tensor(qids, dtype=torch.long),
+        }
+
+
+# ----------------------------------------------------------------------------- NLVR2
+@dataclass
+class NLVR2Batcher:
+    tokenizer: TextTokenizer
+    transform: ImageTransform
+    max_len: int
+
+    def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        first, second, statements, labels = [], [], [], []
+        for sample, _, rng in items:
+            record = sample_json(sample)
+            first.append(self.transform.from_bytes(image_bytes(sample, "img0."), rng))
+            second.append(self.transform.from_bytes(image_bytes(sample, "img1."), rng))
+            statements.append(record["statement"])
+            label = record["label"]
+            labels.append(label if isinstance(label, bool) else str(label).lower() == "true")
+        ids, mask = self.tokenizer.encode(statements, self.max_len)
+        return {
+            "images": torch.stack(first).unsqueeze(1),
+            "images2": torch.stack(second).unsqueeze(1),
+            "text_ids": ids,
+            "text_mask": mask,
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }
+
+
+# ----------------------------------------------------------------------------- retrieval
+@dataclass
+class CaptionBatcher:
+    """Training: one random caption per image (like pre-training). Evaluation: use `images_only`
+    and `captions_of` to embed every image once and every caption once."""
+
+    tokenizer: TextTokenizer
+    transform: ImageTransform
+    max_len: int
+
+    def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        pixels, captions = [], []
+        for sample, _, rng in items:
+            options = sample_json(sample)["captions"]
+            captions.append((rng or random.Random(0)).choice(options))
+            pixels.append(self.transform.from_bytes(image_bytes(sample), rng))
+        ids, mask = self.tokenizer.encode(captions, self.max_len)
+        return {"images": torch.stack(pixels).unsqueeze(1), "text_ids": ids, "text_mask": mask}
+
+    def images_only(self, samples: list[dict[str, Any]]) -> torch.Tensor:
+        return torch.stack([self.transform.from_bytes(image_bytes(s)) for s in samples]).unsqueeze(1)

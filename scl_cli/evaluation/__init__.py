@@ -1,0 +1,1 @@
+"""Evaluation building blocks shared by the `scl eval` engines: two-stage retrieval scoring, VQA files."""

@@ -1,0 +1,140 @@
+"""Build an `SCLModel` from any checkpoint `--ckpt` names, for fine-tuning or evaluation.
+
+The architecture comes from the checkpoint; a fine-tuning recipe may change only what does not
+change the weights' shapes (image size, by interpolating the position grid; dropout). Heads that
+the checkpoint holds (VQA, NLVR2, rank) are rebuilt; heads a fine-tuning objective adds and the
+checkpoint lacks are reported as new. Any other missing or unexpected key is an error naming it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scl_cli.convert import load_any_checkpoint
+from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
+from scl_cli.errors import CheckpointError
+from scl_cli.model.scl_model import SCLModel
+from scl_cli.model.task_heads import add_nlvr2_head, add_rank_head, add_vqa_head
+from scl_cli.model.vision import interpolate_positional_embedding
+from scl_cli.recipe.schema import ModelConfig
+
+# Recipe fields a fine-tuning run may set differently from the checkpoint.
+ADJUSTABLE = {("vision", "image_size"), ("fusion", "dropout"), ("init",), ("vision", "weights"),
+              ("text", "weights"), ("text", "tokenizer")}  # fmt: skip
+
+
+@dataclass
+class LoadedModel:
+    model: SCLModel
+    tokenizer: TextTokenizer
+    config: dict[str, Any]
+    new_keys: list[str] = field(default_factory=list)  # task-head parameters the checkpoint lacked
+    unused_keys: list[str] = field(default_factory=list)  # checkpoint heads no objective uses
+    notes: list[str] = field(default_factory=list)
+
+
+def _explicit_fields(model: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Fields a recipe set explicitly (pydantic `model_fields_set`), as paths -> values."""
+    out: dict[tuple[str, ...], Any] = {}
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        if hasattr(value, "model_fields_set"):
+            out.update(_explicit_fields(value, (*prefix, name)))
+        else:
+            out[(*prefix, name)] = value
+    return out
+
+
+def merge_model_config(saved: ModelConfig, recipe: ModelConfig | None, source: str) -> ModelConfig:
+    """The checkpoint's model config with the recipe's adjustable fields; a recipe field that
+    contradicts the checkpoint's architecture is an error naming it."""
+    if recipe is None:
+        return saved
+    data = saved.model_dump()
+    conflicts = []
+    for path, value in _explicit_fields(recipe).items():
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        if path in ADJUSTABLE:
+            node[path[-1]] = value
+        elif node.get(path[-1]) != value:
+            conflicts.append(f"model.{'.'.join(path)} = {value!r} (checkpoint: {node.get(path[-1])!r})")
+    if conflicts:
+        raise CheckpointError(
+            f"{source} has another architecture than the recipe: {'; '.join(conflicts)} — drop these "
+            "fields from the recipe (the checkpoint defines them)"
+        )
+    return ModelConfig.model_validate(data)
+
+
+def _add_saved_heads(model: SCLModel, state: dict[str, torch.Tensor]) -> None:
+    if "vqa_head.3.weight" in state:
+        add_vqa_head(model, state["vqa_head.3.weight"].shape[0])
+    if any(k.startswith("nlvr2_head.") for k in state):
+        add_nlvr2_head(model)
+    if "rank_head.weight" in state:
+        add_rank_head(model)
+
+
+def _resize_position_grid(model: SCLModel, state: dict[str, torch.Tensor], notes: list[str]) -> None:
+    key = "vision.positional_embedding"
+    want = model.vision.positional_embedding.shape
+    if key in state and state[key].shape != want:
+        grid = int(round((want[0] - 1) ** 0.5))
+        old = int(round((state[key].shape[0] - 1) ** 0.5))
+        state[key] = interpolate_positional_embedding(state[key], grid)
+        notes.append(f"position grid interpolated {old}x{old} -> {grid}x{grid}")
+
+
+def load_model(
+    path: str | Path,
+    recipe_model: ModelConfig | None = None,
+    objectives: dict[str, Any] | None = None,
+    data_root: Path = Path("data"),
+) -> LoadedModel:
+    """`SCLModel` with the weights of checkpoint `path` (ours, a run dir, or a published `.ckpt`),
+    the heads of `objectives` added (`Objective.setup_model`) and initialised when new."""
+    state, config = load_any_checkpoint(Path(path))
+    source = str(config.get("checkpoint", path))
+    cfg = merge_model_config(ModelConfig.model_validate(config["model"]), recipe_model, source)
+    model = SCLModel(cfg, int(config["vocab_size"]), int(config["pad_token_id"]))
+    _add_saved_heads(model, state)
+    allowed_missing: list[str] = []
+    for objective in (objectives or {}).values():
+        allowed_missing += objective.setup_model(model)
+    notes: list[str] = []
+    _resize_position_grid(model, state, notes)
+    if "token_type_embeddings.weight" in state:
+        rows = state["token_type_embeddings.weight"].shape[0]
+        have = model.token_type_embeddings.num_embeddings
+        if rows < have:  # NLVR2's third type starts as the image type
+            saved = state["token_type_embeddings.weight"]
+            state["token_type_embeddings.weight"] = torch.cat([saved, saved[1:2].expand(have - rows, -1)])
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    head_prefixes = ("vqa_head.", "nlvr2_head.", "rank_head.")
+    new = [k for k in missing if any(k.startswith(p) for p in allowed_missing)]
+    bad_missing = [k for k in missing if k not in new and k != "vision.temporal_embedding"]
+    unused = [k for k in state if k not in own and k.startswith(head_prefixes)]
+    unexpected = [k for k in state if k not in own and k not in unused]
+    mismatched = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    if bad_missing or unexpected or mismatched:
+        parts = []
+        if bad_missing:
+            parts.append(f"missing {', '.join(bad_missing[:8])}{' ...' if len(bad_missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
+        if mismatched:
+            parts.append(f"shape mismatch (checkpoint vs model) {', '.join(mismatched[:8])}")
+        raise CheckpointError(f"{source} does not fit the model: {'; '.join(parts)}")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    for objective in (objectives or {}).values():
+        objective.init_new_heads(model, set(new))
+    tokenizer = load_tokenizer(str(config.get("tokenizer") or "FacebookAI/roberta-base"), data_root, "")
+    return LoadedModel(model, tokenizer, config, new, unused, notes)

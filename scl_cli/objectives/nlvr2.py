@@ -1,0 +1,44 @@
+"""NLVR2 fine-tuning: is the statement true of the image pair? Two fusion passes (the second image
+with token type 2), pooled features concatenated, a 2-way classifier.
+
+Batch fields: `images` / `images2` [B, T, 3, H, W], `text_ids`/`text_mask` [B, L], `labels` [B].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from scl_cli.data.transforms import to_model_input
+from scl_cli.model.task_heads import NLVR2_SECOND_IMAGE_TYPE, add_nlvr2_head
+from scl_cli.objectives.registry import Objective, register
+from scl_cli.training.step_context import StepContext
+
+
+def nlvr2_logits(ctx: StepContext) -> torch.Tensor:
+    """[B, 2] logits; both image passes go through the fusion encoder in one batched call."""
+    model = ctx.model
+    second = model.encode_image(to_model_input(ctx.batch["images2"]))
+    images = torch.cat([model.embed_image(ctx.image("full")), model.embed_image(second, NLVR2_SECOND_IMAGE_TYPE)])
+    text = model.embed_text(ctx.text("full"))
+    out = model.fuse(torch.cat([text, text]), ctx.text_mask.repeat(2, 1), images)
+    pooled = model.pooled(out, ctx.frames)
+    first, other = pooled.split(ctx.batch_size)
+    return model.nlvr2_head(torch.cat([first, other], dim=1))
+
+
+@register
+class NLVR2(Objective):
+    name = "nlvr2"
+    pretraining = False
+
+    def setup_model(self, model: torch.nn.Module) -> list[str]:
+        if not hasattr(model, "nlvr2_head"):
+            add_nlvr2_head(model)
+        return ["nlvr2_head.", "token_type_embeddings."]
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        logits = nlvr2_logits(ctx).float()
+        labels = ctx.batch["labels"].long()
+        accuracy = (logits.argmax(dim=1) == labels).to(torch.float32).mean()
+        return {"loss": F.cross_entropy(logits, labels), "accuracy": accuracy.detach()}

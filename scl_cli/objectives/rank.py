@@ -1,0 +1,64 @@
+"""Retrieval fine-tuning ranking loss (METER/SCL): each image scores its caption against sampled
+negative captions with the fusion rank head; cross-entropy puts the true caption first.
+
+Negatives are other captions of the batch (their encodings are already there), drawn at random.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from scl_cli.model.task_heads import add_rank_head, init_rank_head_from_itm
+from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
+from scl_cli.training.step_context import StepContext
+
+
+class RankSettings(ObjectiveSettings):
+    negatives: int = Field(15, ge=1, description="Negative captions per image (at most batch - 1).")
+
+
+def sample_negative_texts(batch: int, count: int, device: torch.device) -> torch.Tensor:
+    """[B, count] distinct indices j != i per row, uniformly at random."""
+    noise = torch.rand(batch, batch, device=device)
+    noise.fill_diagonal_(2.0)
+    return noise.argsort(dim=1)[:, :count]
+
+
+def rank_scores(ctx: StepContext, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+    """Rank-head score of each (image, text) index pair of the batch: [P]."""
+    model = ctx.model
+    images = model.embed_image(ctx.image("full")).index_select(0, image_index)
+    texts = model.embed_text(ctx.text("full")).index_select(0, text_index)
+    out = model.fuse(texts, ctx.text_mask.index_select(0, text_index), images)
+    return model.rank_head(model.pooled(out, ctx.frames)).squeeze(-1)
+
+
+@register
+class Rank(Objective):
+    name = "rank"
+    pretraining = False
+    Settings = RankSettings
+    settings: RankSettings
+
+    def setup_model(self, model: torch.nn.Module) -> list[str]:
+        if not hasattr(model, "rank_head"):
+            add_rank_head(model)
+        return ["rank_head."]
+
+    def init_new_heads(self, model: torch.nn.Module, missing: set[str]) -> None:
+        if any(k.startswith("rank_head.") for k in missing):
+            init_rank_head_from_itm(model)
+
+    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        B, device = ctx.batch_size, ctx.device
+        count = min(self.settings.negatives, B - 1)
+        candidates = torch.cat(
+            [torch.arange(B, device=device)[:, None], sample_negative_texts(B, count, device)], dim=1
+        )  # [B, 1 + count]; column 0 is the true caption
+        image_index = torch.arange(B, device=device).repeat_interleave(1 + count)
+        scores = rank_scores(ctx, image_index, candidates.flatten()).view(B, 1 + count).float()
+        target = torch.zeros(B, dtype=torch.long, device=device)
+        accuracy = (scores.argmax(dim=1) == 0).to(torch.float32).mean()
+        return {"loss": F.cross_entropy(scores, target), "accuracy": accuracy.detach()}

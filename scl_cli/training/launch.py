@@ -1,0 +1,190 @@
+"""Start a multi-process run from the recipe's topology with the standard tool, torchrun.
+
+`scl pretrain R` with `topology.nodes * topology.devices_per_node > 1`, started outside torchrun:
+
+- one node: runs `python -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node P
+  -m scl_cli.cli pretrain <the same arguments>` and waits for it;
+- several nodes under SLURM (`SLURM_JOB_ID`, `SLURM_NNODES`, `SLURM_NODEID`,
+  `SLURM_JOB_NODELIST`; one `scl pretrain` per node: `srun --ntasks-per-node=1 scl pretrain R`):
+  this node's part, `--nnodes N --node-rank $SLURM_NODEID --master-addr <first host of the
+  node list> --master-port <MASTER_PORT or one derived from the job id>`;
+- SLURM with one task per device (`srun --ntasks-per-node=P`): no torchrun; each task joins the
+  process group directly as rank `SLURM_PROCID` (see `adopt_slurm_tasks`);
+- several nodes elsewhere: with `NODE_RANK` and `MASTER_ADDR` set (and optionally `MASTER_PORT`),
+  this node's part; without them, the exact command for every node, to run by hand.
+
+Inside torchrun (`WORLD_SIZE` set) nothing is launched: `setup_runtime` joins the group.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scl_cli.errors import SclError, UsageError
+from scl_cli.recipe.schema import TopologyConfig
+
+DEFAULT_PORT = 29500
+LAUNCHED_ENV = "SCL_LAUNCHED"  # set for the processes `run_torchrun` starts
+
+
+class LaunchError(SclError):
+    """torchrun ended with an error; the ranks' own messages are above it."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How torchrun is started on this node (`node_rank` None: print every node's command)."""
+
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int | None = 0
+    master_addr: str | None = None
+    master_port: int = DEFAULT_PORT
+    source: str = "recipe"  # "recipe" | "env" | "slurm": where the node rank and master came from
+
+    def torchrun_args(self, node_rank: int | None = None) -> list[str]:
+        """torchrun's own arguments for `node_rank` (default: this node's)."""
+        args = ["--nnodes", str(self.nnodes), "--nproc-per-node", str(self.nproc_per_node)]
+        if self.nnodes == 1:
+            return ["--standalone", *args]
+        rank = self.node_rank if node_rank is None else node_rank
+        return [
+            *args,
+            "--node-rank", str(rank),
+            "--master-addr", self.master_addr or "MASTER_HOST",
+            "--master-port", str(self.master_port),
+        ]  # fmt: skip
+
+
+def inside_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return "WORLD_SIZE" in env and "RANK" in env
+
+
+def needs_launch(topology: TopologyConfig, env: Mapping[str, str] | None = None) -> bool:
+    """True when the topology asks for several processes and this is not one of them."""
+    return topology.world_size > 1 and not inside_torchrun(env)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: `gpu[07-09,12],cpu1` -> `gpu07`."""
+    entry = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
+    found = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", entry)
+    if found is None:
+        return entry
+    prefix, ranges, suffix = found.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] + suffix
+
+
+def plan_launch(topology: TopologyConfig, env: Mapping[str, str] | None = None) -> LaunchPlan:
+    """Where this node sits in the run: from SLURM, from NODE_RANK/MASTER_ADDR, or unknown."""
+    env = os.environ if env is None else env
+    nodes, per_node = topology.nodes, topology.devices_per_node
+    port = int(env.get("MASTER_PORT", DEFAULT_PORT))
+    if nodes == 1:
+        return LaunchPlan(1, per_node, 0, "127.0.0.1", port)
+    if "SLURM_JOB_ID" in env and "SLURM_NNODES" in env:
+        slurm_nodes = int(env["SLURM_NNODES"])
+        if slurm_nodes != nodes:
+            raise UsageError(
+                f"topology.nodes is {nodes} but this SLURM job has {slurm_nodes} nodes (SLURM_NNODES); "
+                f"use --set topology.nodes={slurm_nodes} or allocate {nodes} nodes"
+            )
+        if "MASTER_PORT" not in env:  # jobs sharing a node must not share a port
+            port = 20000 + int(re.sub(r"\D", "", env["SLURM_JOB_ID"]) or 0) % 20000
+        master = env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "localhost"))
+        return LaunchPlan(nodes, per_node, int(env.get("SLURM_NODEID", 0)), master, port, "slurm")
+    if "NODE_RANK" in env and "MASTER_ADDR" in env:
+        return LaunchPlan(nodes, per_node, int(env["NODE_RANK"]), env["MASTER_ADDR"], port, "env")
+    return LaunchPlan(nodes, per_node, None, env.get("MASTER_ADDR"), port)
+
+
+def torchrun_command(plan: LaunchPlan, cli_args: list[str], node_rank: int | None = None) -> list[str]:
+    """`python -m torch.distributed.run <torchrun args> -m scl_cli.cli <cli_args>`."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", *plan.torchrun_args(node_rank),
+        "-m", "scl_cli.cli", *cli_args,
+    ]  # fmt: skip
+
+
+def per_node_commands(plan: LaunchPlan, cli_args: list[str]) -> list[str]:
+    """The shell command to start on each node, node 0 first (it hosts the rendezvous)."""
+    return [shlex.join(torchrun_command(plan, cli_args, rank)) for rank in range(plan.nnodes)]
+
+
+def run_torchrun(command: list[str]) -> None:
+    """Run torchrun in the foreground and wait. SIGTERM is passed on (torchrun stops every rank);
+    Ctrl-C reaches torchrun directly through the terminal's process group."""
+    proc = subprocess.Popen(command, env={**os.environ, LAUNCHED_ENV: "1"})
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum)),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    }
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code != 0:
+        raise LaunchError(
+            f"torchrun ended with exit code {code} (the ranks' messages are above)",
+            exit_code=code if 0 < code < 128 else 1,
+        )
+
+
+def adopt_slurm_tasks(topology: TopologyConfig, env: dict[str, str] | None = None) -> bool:
+    """Under `srun` with one task per device (the job step's SLURM_STEP_NUM_TASKS = the topology's
+    world size; a batch script itself is no job step), turn
+    SLURM's task variables into torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    MASTER_PORT) so each task joins the process group itself. Returns True if it did."""
+    env = os.environ if env is None else env
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if inside_torchrun(env) or topology.world_size == 1 or tasks != topology.world_size:
+        return False
+    plan = plan_launch(topology, env)
+    env.update({
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": str(tasks),
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(topology.devices_per_node),
+        "MASTER_ADDR": plan.master_addr or "127.0.0.1",
+        "MASTER_PORT": str(plan.master_port),
+    })  # fmt: skip
+    return True
+
+
+def die_with_parent() -> None:
+    """Linux: make this process exit when torchrun's agent dies, even by SIGKILL (its workers live
+    in sessions of their own, so a killed process group would otherwise leave them running)."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+def is_main_process(env: Mapping[str, str] | None = None) -> bool:
+    """Rank 0, or not a distributed process at all: the one process that reports."""
+    env = os.environ if env is None else env
+    return int(env.get("RANK", "0")) == 0
+
+
+def launched_by_scl(env: Mapping[str, str] | None = None) -> bool:
+    """True in the processes `scl` started through torchrun (their launcher sums the run up)."""
+    env = os.environ if env is None else env
+    return env.get(LAUNCHED_ENV) == "1" and inside_torchrun(env)

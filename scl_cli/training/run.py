@@ -1,0 +1,124 @@
+"""One training run, shared by `scl pretrain` and `scl finetune`: data parallelism, optimiser,
+metrics, checkpoints and exact resume around the Trainer."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from scl_cli.data.loader import build_pretrain_loader
+from scl_cli.data.tokenizer import TextTokenizer
+from scl_cli.errors import UsageError
+from scl_cli.recipe import Recipe
+from scl_cli.reporting import NullReporter, Reporter
+from scl_cli.training.checkpoint import load_checkpoint, load_model_weights
+from scl_cli.training.metrics import MetricsLogger
+from scl_cli.training.optim import build_optimizer, build_scheduler
+from scl_cli.training.parallel import freeze_unreachable, wrap_data_parallel
+from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.training.runtime import Runtime
+from scl_cli.training.trainer import Trainer, TrainResult, TrainState, write_checkpoint_fn
+
+
+def run_training(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: TextTokenizer,
+    step_module: PretrainStep,
+    runtime: Runtime,
+    run_dir: Path,
+    *,
+    resume_from: Path | None,
+    datasets: list[str],
+    split: str,
+    config: dict[str, Any],
+    group: str = "splits",
+    collate: Callable | None = None,
+    frozen: list[str] | None = None,
+    extra_files: dict[str, Path] | None = None,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train `step_module` on `datasets`/`split` until `recipe.optim.max_steps`.
+
+    `resume_from`: a checkpoint of this run to continue exactly (weights, optimiser, scheduler,
+    RNG, data position). `frozen`: parameter names not to train; by default those the step's
+    objectives can never reach (so DDP needs no unused-parameter search). `collate` turns raw
+    samples into the batch the objectives read (default: image + one caption).
+    """
+    reporter = reporter or NullReporter()
+    if not runtime.is_main:
+        reporter = NullReporter()  # rank 0 reports for everyone
+    saved = None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        load_model_weights(model, ckpt.state_dict)
+        if ckpt.training_state is None:
+            raise UsageError(f"{resume_from}: holds weights only (no training state), so it cannot be resumed")
+        saved = ckpt.training_state
+        reporter.info(f"resuming from {resume_from} (step {ckpt.step})")
+
+    if frozen is None:
+        frozen = freeze_unreachable(model, step_module.objectives, recipe.masking, step_module.spec)
+    else:
+        for name in frozen:
+            model.get_parameter(name).requires_grad_(False)
+    if frozen:
+        reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
+    wrapped, state_io = wrap_data_parallel(step_module, model, recipe.topology, runtime)
+    optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
+    scheduler = build_scheduler(optimizer, recipe.optim)
+    state = TrainState()
+    metrics = MetricsLogger(run_dir, tensorboard=recipe.log.tensorboard, enabled=runtime.is_main)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = dict(extra_files or {})
+        if "tokenizer.json" not in files:
+            files["tokenizer.json"] = Path(tmp) / "tokenizer.json"
+            tokenizer.save(files["tokenizer.json"])
+        trainer = Trainer(
+            wrapped, model, optimizer, scheduler, runtime,
+            max_steps=recipe.optim.max_steps,
+            accumulation=recipe.accumulation_steps(),
+            global_batch=recipe.optim.batch_size,
+            grad_clip=recipe.optim.grad_clip,
+            log_every=recipe.log.every,
+            checkpoint_every=recipe.output.checkpoint_every,
+            save_fn=write_checkpoint_fn(run_dir, model, config, files, recipe.output.keep_last, runtime, state_io),
+            metrics=metrics,
+            reporter=reporter,
+            state_io=state_io,
+        )  # fmt: skip
+        if saved is not None:
+            state = trainer.load_training_state(saved)
+            step_module.draws = state.micro_batches  # the masks' random stream goes on from there
+            metrics.truncate_after(state.step)
+        loader = build_pretrain_loader(
+            data_root=recipe.data.root,
+            datasets=datasets,
+            weights=recipe.data.weights if len(datasets) > 1 else None,
+            split=split,
+            tokenizer=tokenizer,
+            image_size=model.config.vision.image_size,
+            max_len=model.config.text.max_len,
+            batch_size=recipe.micro_batch(),
+            seed=recipe.optim.seed,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            num_workers=recipe.data.num_workers,
+            shuffle_buffer=recipe.data.shuffle_buffer,
+            augment=recipe.data.augment,
+            crop_min_scale=recipe.data.crop_min_scale,
+            start_batch=state.micro_batches,
+            pin_memory=runtime.device.type == "cuda",
+            collate=collate,
+            group=group,
+        )
+        batches = iter(loader)
+        if saved is not None:
+            # After the loader exists: starting its workers draws from the global RNG.
+            trainer.restore_rng(saved)
+        try:
+            return trainer.fit(batches, state, run_dir)
+        finally:
+            metrics.close()

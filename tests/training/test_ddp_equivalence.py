@@ -1,0 +1,124 @@
+"""Data parallelism is exact: one step on a global batch of 8 split over two gloo processes (DDP,
+and FSDP2 for the full set) gives the losses and the parameter gradients of one process on the
+same 8 samples, for every objective — the contrastive ones gather with gradient, masks and ITM
+negatives are drawn for the global batch (`StepRandom`).
+
+Dropout is off (eval mode): its draws are per process and cannot match a single process's.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from scl_cli.model import SCLModel
+from scl_cli.objectives import build_objectives, validate_objectives
+from scl_cli.recipe.schema import FusionConfig, MaskingConfig, ModelConfig, TextConfig, TopologyConfig, VisionConfig
+from scl_cli.training.masking import TextSpec
+from scl_cli.training.parallel import freeze_unreachable, wrap_data_parallel
+from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.training.runtime import Runtime
+
+WORLD, GLOBAL_BATCH, VOCAB, PAD, L, SEED = 2, 8, 60, 1, 10, 5
+SPEC = TextSpec(VOCAB, PAD, 4, torch.arange(5), torch.ones(VOCAB, dtype=torch.bool))
+EVERY = {"itc": {}, "itm": {"negatives": "random"}, "mlm": {}, "scl_global": {}, "scl_local": {}}
+# Every objective's loss is compared on its own (the logs), the gradients through their weighted sum.
+CASES: dict[str, tuple[dict, str]] = {
+    "all, random ITM negatives": (EVERY, "ddp"),
+    "all, hard ITM negatives": ({**EVERY, "itm": {"negatives": "hard"}}, "ddp"),
+    "itc alone (fusion and heads frozen)": ({"itc": {}}, "ddp"),
+    "all, FSDP2": ({**EVERY, "itm": {"negatives": "hard"}}, "fsdp"),
+}
+
+
+def tiny_model() -> SCLModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        init="random",
+        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2),
+        text=TextConfig(width=32, layers=1, heads=2, max_len=L),
+        fusion=FusionConfig(width=32, layers=1, heads=2, dropout=0.0),
+        itc_dim=16,
+    )
+    return SCLModel(cfg, VOCAB, PAD).eval()  # eval: no dropout
+
+
+def global_batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, VOCAB, (GLOBAL_BATCH, L), generator=g)
+    lengths = torch.randint(4, L + 1, (GLOBAL_BATCH,), generator=g)
+    pos = torch.arange(L)[None]
+    ids[:, 0] = 0
+    ids = torch.where(pos == lengths[:, None] - 1, torch.full_like(ids, 2), ids)
+    mask = (pos < lengths[:, None]).long()
+    ids = torch.where(mask.bool(), ids, torch.full_like(ids, PAD))
+    images = torch.randint(0, 256, (GLOBAL_BATCH, 1, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return {"images": images, "text_ids": ids, "text_mask": mask}
+
+
+def run_step(objectives: dict, strategy: str, runtime: Runtime, batch: dict) -> tuple[dict, dict]:
+    """One forward/backward as pretrain() sets it up; logs averaged over ranks (as the trainer
+    logs them) and every trainable parameter's gradient (DDP-averaged / unsharded)."""
+    model = tiny_model()
+    step = PretrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, SEED)
+    freeze_unreachable(model, step.objectives, step.masking, SPEC)
+    wrapped, _ = wrap_data_parallel(step, model, TopologyConfig(strategy=strategy), runtime)
+    logs = wrapped(batch)
+    logs["total"].backward()
+    values = {k: v.detach().float() for k, v in logs.items()}
+    if runtime.distributed:
+        keys = sorted(values)
+        stacked = torch.stack([values[k] for k in keys])
+        dist.all_reduce(stacked)
+        values = dict(zip(keys, (stacked / runtime.world_size).unbind(), strict=True))
+    grads = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            grads[name] = grad.detach().clone()
+    return values, grads
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        runtime = Runtime(torch.device("cpu"), "fp32", rank, WORLD, rank)
+        rows = GLOBAL_BATCH // WORLD
+        local = {k: v[rank * rows : (rank + 1) * rows] for k, v in global_batch().items()}
+        results = {name: run_step(objs, strategy, runtime, local) for name, (objs, strategy) in CASES.items()}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not dist.is_available(), reason="gloo test runs on Linux")
+def test_two_processes_match_one_process_for_every_objective(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    single = Runtime(torch.device("cpu"), "fp32")
+    for name, (objectives, strategy) in CASES.items():
+        want_logs, want_grads = run_step(objectives, strategy, single, global_batch())
+        for rank, results in enumerate(ranks):
+            logs, grads = results[name]
+            assert logs.keys() == want_logs.keys(), name
+            for key, value in want_logs.items():
+                torch.testing.assert_close(logs[key], value, atol=1e-5, rtol=1e-5, msg=f"{name}/{key} rank {rank}")
+            assert grads.keys() == want_grads.keys(), name
+            for key, value in want_grads.items():
+                torch.testing.assert_close(grads[key], value, atol=1e-5, rtol=1e-4, msg=f"{name}: grad of {key}")
