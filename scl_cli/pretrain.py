@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from scl_cli import __version__
 from scl_cli.data.loader import build_pretrain_loader, check_pretrain_data
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer

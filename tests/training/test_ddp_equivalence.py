@@ -20,7 +20,14 @@ import torch.multiprocessing as mp
 
 from scl_cli.model import SCLModel
 from scl_cli.objectives import build_objectives, validate_objectives
-from scl_cli.recipe.schema import FusionConfig, MaskingConfig, ModelConfig, TextConfig, TopologyConfig, VisionConfig
+from scl_cli.recipe.schema import (
+    FusionConfig,
+    MaskingConfig,
+    ModelConfig,
+    TextConfig,
+    TopologyConfig,
+    VisionConfig,
+)
 from scl_cli.training.masking import TextSpec
 from scl_cli.training.parallel import freeze_unreachable, wrap_data_parallel
 from scl_cli.training.pretrain_step import PretrainStep
