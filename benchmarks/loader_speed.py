@@ -35,7 +35,9 @@ from scl_cli.data.shards import ShardWriter, write_manifest
 from scl_cli.data.tokenizer import train_bpe_tokenizer
 from scl_cli.data.transforms import ImageTransform
 
-WORDS = "a man woman dog cat red blue green small large sitting on the next to a table street car tree".split()
+WORDS = (
+    "a man woman dog cat red blue green small large sitting on the next to a table street car tree".split()
+)
 
 
 def photo_like(rng: np.random.Generator, width: int = 640, height: int = 480) -> bytes:
@@ -63,7 +65,10 @@ def make_dataset(root: Path, images: int, shards: int, seed: int = 0) -> None:
             writer.write({"__key__": f"train-{i:06d}", "jpg": photo_like(rng),
                           "json": json.dumps({"captions": captions[i]})})  # fmt: skip
     total = sum(s["samples"] for s in writer.shards)
-    write_manifest(dataset, {"name": "photos", "version": 1, "splits": {"train": {"samples": total, "shards": writer.shards}}})
+    write_manifest(
+        dataset,
+        {"name": "photos", "version": 1, "splits": {"train": {"samples": total, "shards": writer.shards}}},
+    )
     train_bpe_tokenizer([c for cs in captions for c in cs], vocab_size=300).save(dataset / "tokenizer.json")
 
 
@@ -86,7 +91,9 @@ def main() -> None:
         make_dataset(root, args.images, shards=4)
         from scl_cli.data.shards import iter_tar_samples
 
-        blobs = [s["jpg"] for p in sorted((root / "photos" / "train").glob("*.tar")) for s in iter_tar_samples(p)]
+        blobs = [
+            s["jpg"] for p in sorted((root / "photos" / "train").glob("*.tar")) for s in iter_tar_samples(p)
+        ]
 
         def raw(n: int) -> None:
             for i in range(n):

@@ -24,7 +24,12 @@ from scl_cli.training.runtime import setup_runtime
 def main() -> None:
     args = sys.argv[1:] or ["recipes/base.toml"]
     sets = [a.split("=", 1)[1] if a.startswith("--set=") else a for a in args[1:] if a != "--set"]
-    base = ["model.init=random", "topology.devices_per_node=1", "topology.device=cuda", "topology.precision=bf16"]
+    base = [
+        "model.init=random",
+        "topology.devices_per_node=1",
+        "topology.device=cuda",
+        "topology.precision=bf16",
+    ]
     recipe = load_recipe(args[0], base + sets)
     runtime = setup_runtime(recipe.topology)
     vocab, spec, pad, _ = _vocab_and_spec(recipe)

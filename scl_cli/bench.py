@@ -176,7 +176,9 @@ def bench_pretrain(
     report the share of time spent waiting for them. `compile` overrides `topology.compile`.
     `profile`: write a torch.profiler trace (`profile.json`) and its op table (`profile.txt`)."""
     if compile is not None:
-        recipe = recipe.model_copy(update={"topology": recipe.topology.model_copy(update={"compile": compile})})
+        recipe = recipe.model_copy(
+            update={"topology": recipe.topology.model_copy(update={"compile": compile})}
+        )
     runtime = setup_runtime(recipe.topology)
     seed_everything(recipe.optim.seed)
     vocab, spec, pad, tokenizer = _vocab_and_spec(recipe)

@@ -26,13 +26,14 @@ from scl_cli.data.task_batches import (
     sample_json,
     vqa_answer_vocabulary,
 )
-from scl_cli.data.transforms import ImageTransform, to_model_input
+from scl_cli.data.transforms import ImageTransform
 from scl_cli.errors import UsageError
 from scl_cli.metrics import normalize_vqa_answer, vqa_accuracy
 from scl_cli.model.loading import LoadedModel, load_model
 from scl_cli.objectives.nlvr2 import nlvr2_logits
 from scl_cli.objectives.vqa import vqa_logits
 from scl_cli.recipe.schema import MaskingConfig
+from scl_cli.retrieval.features import fusion_scores, image_features, text_features
 from scl_cli.training.masking import TextSpec
 from scl_cli.training.step_context import StepContext
 
@@ -141,6 +142,8 @@ def eval_vqa(loaded: LoadedModel, data: EvalData, batch_size: int, device: torch
         logits = vqa_logits(_context(loaded, batch))
         answers = [vocab[i] for i in logits.argmax(dim=1).tolist()]
         for q, answer, qid in zip(questions, answers, batch["question_id"].tolist(), strict=True):
+            if qid < 0:  # generated questions have no id of their own: number them in split order
+                qid = len(predictions)
             predictions[qid] = answer
             humans = human_answers(q)
             if len(humans) == 1:
@@ -206,10 +209,9 @@ def encode_split(loaded: LoadedModel, data: EvalData, batch_size: int, device: t
     image_itc, image_tokens, captions, owner = [], [], [], []
     images = 0
     for chunk in _chunks(iter_split(data.root, data.dataset, data.split, data.group), batch_size):
-        enc = model.encode_image(to_model_input(batcher.images_only(chunk).to(device)))
-        image_tokens.append(model.embed_image(enc).to("cpu", store))
-        cls = model.image_transform(enc.global_feature)
-        image_itc.append(torch.nn.functional.normalize(model.itc_image_proj(cls), dim=-1).cpu())
+        itc, tokens = image_features(model, batcher.images_only(chunk).to(device))
+        image_tokens.append(tokens.to("cpu", store))
+        image_itc.append(itc.cpu())
         for s in chunk:
             for caption in sample_json(s)["captions"]:
                 captions.append(caption)
@@ -220,9 +222,9 @@ def encode_split(loaded: LoadedModel, data: EvalData, batch_size: int, device: t
     for chunk in _chunks(captions, max(batch_size, 64)):
         ids, mask = loaded.tokenizer.encode(chunk, max_len)
         ids, mask = ids.to(device), mask.to(device)
-        tokens = model.encode_text(ids, mask)
-        text_tokens.append(model.embed_text(tokens).to("cpu", store))
-        text_itc.append(torch.nn.functional.normalize(model.itc_text_proj(model.text_transform(tokens[:, 0])), dim=-1).cpu())
+        itc, tokens = text_features(model, ids, mask)
+        text_tokens.append(tokens.to("cpu", store))
+        text_itc.append(itc.cpu())
         masks.append(mask.cpu())
         progress("captions", sum(len(t) for t in text_tokens))
     return EncodedSplit(torch.cat(image_itc), torch.cat(image_tokens), torch.cat(text_itc), torch.cat(text_tokens),
@@ -233,16 +235,13 @@ def pair_scorer(loaded: LoadedModel, enc: EncodedSplit, device: torch.device) ->
     """Fusion score of (image, caption) index pairs: the rank head after retrieval fine-tuning, the
     ITM match logit otherwise (zero-shot from a pre-training checkpoint)."""
     model = loaded.model
-    head = getattr(model, "rank_head", None)
 
     @torch.no_grad()
     def score(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
         images = enc.image_tokens.index_select(0, image_idx.cpu()).to(device, torch.float32)
         texts = enc.text_tokens.index_select(0, text_idx.cpu()).to(device, torch.float32)
         mask = enc.text_mask.index_select(0, text_idx.cpu()).to(device)
-        pooled = model.pooled(model.fuse(texts, mask, images), 1)
-        out = head(pooled).squeeze(-1) if head is not None else model.itm_logits(pooled)[:, 1]
-        return out.float().cpu()
+        return fusion_scores(model, texts, mask, images).cpu()
 
     return score
 

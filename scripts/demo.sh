@@ -18,3 +18,7 @@ $SCL pretrain recipes/tiny.toml --set data.root="$OUT/data" --set output.dir="$O
 
 echo "== summary of $OUT/tiny/metrics.jsonl"
 .venv/bin/python scripts/summarize_run.py "$OUT/tiny"
+
+echo "== scl eval retrieval (zero-shot, shapes test split)"
+$SCL eval retrieval --ckpt "$OUT/tiny" --data "$OUT/data/shapes" --split test --rerank 16 \
+  --out "$OUT/eval-retrieval.json"

@@ -15,6 +15,10 @@ import pytest
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from scl_cli.errors import DataError
+from scl_cli.pretrain import pretrain
+from scl_cli.recipe import load_recipe
+from scl_cli.training import launch
 from scl_cli.training.checkpoint import list_checkpoints
 
 from .conftest import RECIPES, ROOT, run_scl, tiny_overrides
@@ -51,7 +55,9 @@ def test_two_processes_resume_exactly_after_a_kill(shapes_root: Path, tmp_path: 
         start_new_session=True,
     )
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-2").exists() and runner.poll() is None and time.time() < deadline:
+    while (
+        not (killed / "checkpoints" / "step-2").exists() and runner.poll() is None and time.time() < deadline
+    ):
         time.sleep(0.01)
     # The launcher and torchrun; the ranks (in sessions of their own) die with torchrun.
     os.killpg(runner.pid, signal.SIGKILL)
@@ -68,10 +74,15 @@ def test_two_processes_resume_exactly_after_a_kill(shapes_root: Path, tmp_path: 
     assert worst < 1e-5, worst
 
 
-def test_too_few_shards_for_the_ranks_is_caught_before_launch(shapes_root: Path, tmp_path: Path) -> None:
-    sets = tiny_overrides(
-        shapes_root, tmp_path / "run", **{**TWO_CPU_PROCESSES, "data.num_workers": 4}
-    )
-    proc = run_scl("pretrain", str(RECIPES / "tiny.toml"), *sets)
-    assert proc.returncode == 2 and "launching torchrun" not in proc.stderr
-    assert "fewer than the 8 loader slots (2 ranks x 4 workers)" in proc.stderr
+def test_too_few_shards_for_the_ranks_is_caught_before_launch(
+    shapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("WORLD_SIZE", "RANK", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    launched = []
+    monkeypatch.setattr(launch, "run_torchrun", launched.append)
+    sets = tiny_overrides(shapes_root, tmp_path / "run", **{**TWO_CPU_PROCESSES, "data.num_workers": 4})
+    recipe = load_recipe(RECIPES / "tiny.toml", sets[1::2])
+    with pytest.raises(DataError, match=r"fewer than the 8 loader slots \(2 ranks x 4 workers\)"):
+        pretrain(recipe, launch_args=["pretrain", "R.toml"])
+    assert launched == []

@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,12 @@ class Source:
         return sum(s.samples for s in self.shards)
 
 
-def load_sources(data_root: Path, datasets: list[str], split: str) -> list[Source]:
+def load_sources(data_root: Path, datasets: list[str], split: str, group: str = "splits") -> list[Source]:
     """The shards of `split` of each data set, checked against the disk; `DataError` naming the file."""
     sources, offset = [], 0
     for name in datasets:
         dataset_dir = Path(data_root) / name
-        entry = split_entry(read_manifest(dataset_dir), split, dataset_dir)
+        entry = split_entry(read_manifest(dataset_dir), split, dataset_dir, group)
         shards = []
         for item in entry["shards"]:
             path = dataset_dir / item["file"]
@@ -180,6 +180,7 @@ class PretrainStream(IterableDataset):
         num_workers: int,
         shuffle_buffer: int,
         start_batch: int,
+        collate: Callable[[list[tuple[dict[str, Any], int, random.Random]]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
         total = float(sum(weights))
@@ -187,6 +188,7 @@ class PretrainStream(IterableDataset):
         self.max_len, self.batch_size, self.seed = max_len, batch_size, seed
         self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
         self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
+        self.collate = collate  # a task's batcher (fine-tuning); default: image + one caption
 
     def slot_shards(self, source: Source, worker: int) -> list[Shard]:
         slots = self.world_size * self.workers
@@ -245,6 +247,8 @@ class PretrainStream(IterableDataset):
             position += 1
 
     def _collate(self, items: list[tuple[dict[str, Any], int, random.Random]]) -> dict[str, torch.Tensor]:
+        if self.collate is not None:
+            return self.collate(items)
         captions, pixels, indices = [], [], []
         for sample, index, rng in items:
             captions.append(rng.choice(_captions(sample)))
@@ -328,6 +332,8 @@ def build_pretrain_loader(
     start_batch: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
+    collate: Callable | None = None,
+    group: str = "splits",
 ) -> DataLoader:
     """Endless batches of this rank (see `PretrainStream` for the keys and shapes).
 
@@ -341,7 +347,7 @@ def build_pretrain_loader(
     if batch_size < 1 or start_batch < 0 or shuffle_buffer < 1:
         raise UsageError(f"batch_size, shuffle_buffer must be >= 1 and start_batch >= 0 (got {batch_size}, "
                          f"{shuffle_buffer}, {start_batch})")  # fmt: skip
-    sources = load_sources(data_root, datasets, split)
+    sources = load_sources(data_root, datasets, split, group)
     if weights is None:
         weights = [float(src.samples) for src in sources]
     if len(weights) != len(sources) or any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -350,7 +356,7 @@ def build_pretrain_loader(
         )
     stream = PretrainStream(
         sources, list(weights), tokenizer, ImageTransform(image_size, augment, crop_min_scale),
-        max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch,
+        max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch, collate,
     )  # fmt: skip
     check_slots(sources, world_size, num_workers, split, data_root)
     if num_workers > 0:

@@ -113,7 +113,7 @@ class VQABatcher:
                 questions.append(q["question"])
                 owner.append(row)
                 targets.append(target)
-                qids.append(int(q.get("question_id", len(qids))))
+                qids.append(int(q.get("question_id", -1)))
         if not questions:
             raise DataError(f"batch of {len(items)} images holds no VQA question")
         ids, mask = self.tokenizer.encode(questions, self.max_len)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from scl_cli.data.transforms import to_model_input
 from scl_cli.model.task_heads import NLVR2_SECOND_IMAGE_TYPE, add_nlvr2_head
+from scl_cli.objectives.contrastive import at_least_fp32
 from scl_cli.objectives.registry import Objective, register
 from scl_cli.training.step_context import StepContext
 
@@ -38,7 +39,7 @@ class NLVR2(Objective):
         return ["nlvr2_head.", "token_type_embeddings."]
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        logits = nlvr2_logits(ctx).float()
+        logits = at_least_fp32(nlvr2_logits(ctx))
         labels = ctx.batch["labels"].long()
         accuracy = (logits.argmax(dim=1) == labels).to(torch.float32).mean()
         return {"loss": F.cross_entropy(logits, labels), "accuracy": accuracy.detach()}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from scl_cli.model.task_heads import add_rank_head, init_rank_head_from_itm
+from scl_cli.objectives.contrastive import at_least_fp32
 from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
 from scl_cli.training.step_context import StepContext
 
@@ -58,7 +59,7 @@ class Rank(Objective):
             [torch.arange(B, device=device)[:, None], sample_negative_texts(B, count, device)], dim=1
         )  # [B, 1 + count]; column 0 is the true caption
         image_index = torch.arange(B, device=device).repeat_interleave(1 + count)
-        scores = rank_scores(ctx, image_index, candidates.flatten()).view(B, 1 + count).float()
+        scores = at_least_fp32(rank_scores(ctx, image_index, candidates.flatten()).view(B, 1 + count))
         target = torch.zeros(B, dtype=torch.long, device=device)
         accuracy = (scores.argmax(dim=1) == 0).to(torch.float32).mean()
         return {"loss": F.cross_entropy(scores, target), "accuracy": accuracy.detach()}

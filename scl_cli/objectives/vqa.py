@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from scl_cli.model.task_heads import add_vqa_head
+from scl_cli.objectives.contrastive import at_least_fp32
 from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
 from scl_cli.training.step_context import StepContext
 
@@ -43,7 +44,7 @@ class VQA(Objective):
         return ["vqa_head."]
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        logits = vqa_logits(ctx).float()
+        logits = at_least_fp32(vqa_logits(ctx))
         targets = ctx.batch["vqa_targets"].to(logits.dtype)
         # Mean over questions of the summed per-answer BCE: the paper code's mean * n_answers.
         loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]

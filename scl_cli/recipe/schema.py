@@ -172,8 +172,10 @@ class TopologyConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="'auto': bf16 on GPUs that have it, else fp16 on CUDA; fp32 on CPU."
     )
-    compile: bool = Field(False, description="torch.compile the encoders.")
-    activation_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile each transformer layer (ViT, RoBERTa, fusion).")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute layer activations in backward: less memory for larger batches."
+    )
 
     @property
     def world_size(self) -> int:

@@ -120,9 +120,11 @@ def wrap_data_parallel(step_module: nn.Module, model: nn.Module, topology: Topol
     from torch.nn.parallel import DistributedDataParallel
 
     # The only buffers are RoBERTa's constant position ids: no need to sync them every forward.
-    sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
-        DistributedDataParallel
-    ).parameters else "broadcast_buffers"
+    sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        else "broadcast_buffers"
+    )
     wrapped = DistributedDataParallel(
         step_module,
         device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None,

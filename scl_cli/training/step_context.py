@@ -57,6 +57,7 @@ class StepContext:
         random: M.StepRandom | None = None,
     ):
         self.model = model
+        self.batch = batch  # task fields (labels, targets, second images) for fine-tuning objectives
         self.masking = masking
         self.spec = spec
         self.images = to_model_input(batch["images"])
@@ -81,7 +82,10 @@ class StepContext:
     def patch_drop(self) -> M.PatchDrop:
         if "drop" not in self._masks:
             self._masks["drop"] = M.drop_patches(
-                self.batch_size, self.patches, self.masking.scl_image_drop, self.device,
+                self.batch_size,
+                self.patches,
+                self.masking.scl_image_drop,
+                self.device,
                 noise=self.random.uniform(self.patches),
             )
         return self._masks["drop"]  # type: ignore[return-value]
@@ -90,7 +94,10 @@ class StepContext:
     def patch_mask(self) -> M.PatchMask:
         if "masktok" not in self._masks:
             self._masks["masktok"] = M.mask_patches(
-                self.batch_size, self.patches, self.masking.scl_local_image_mask, self.device,
+                self.batch_size,
+                self.patches,
+                self.masking.scl_local_image_mask,
+                self.device,
                 noise=self.random.uniform(self.patches),
             )
         return self._masks["masktok"]  # type: ignore[return-value]
@@ -109,7 +116,10 @@ class StepContext:
     def scl_text_mask(self) -> M.TextMask:
         if "scl" not in self._masks:
             self._masks["scl"] = M.mask_text_span(
-                self.text_ids, self.text_mask, self.spec, self.masking.scl_text_mask,
+                self.text_ids,
+                self.text_mask,
+                self.spec,
+                self.masking.scl_text_mask,
                 noise=self.random.uniform(self.text_ids.shape[1]),
             )
         return self._masks["scl"]  # type: ignore[return-value]

@@ -125,7 +125,11 @@ def test_two_processes_match_one_process_for_every_objective(tmp_path: Path) -> 
             logs, grads = results[name]
             assert logs.keys() == want_logs.keys(), name
             for key, value in want_logs.items():
-                torch.testing.assert_close(logs[key], value, atol=1e-5, rtol=1e-5, msg=f"{name}/{key} rank {rank}")
+                torch.testing.assert_close(
+                    logs[key], value, atol=1e-5, rtol=1e-5, msg=f"{name}/{key} rank {rank}"
+                )
             assert grads.keys() == want_grads.keys(), name
             for key, value in want_grads.items():
-                torch.testing.assert_close(grads[key], value, atol=1e-5, rtol=1e-4, msg=f"{name}: grad of {key}")
+                torch.testing.assert_close(
+                    grads[key], value, atol=1e-5, rtol=1e-4, msg=f"{name}: grad of {key}"
+                )

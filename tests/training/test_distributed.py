@@ -75,6 +75,7 @@ def _worker(rank: int, port: int, data: torch.Tensor, out_dir: str) -> None:
             "sum": all_reduce_sum(torch.tensor([rank + 1.0])),
         }
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # both ranks done with every collective before either tears gloo down
     finally:
         dist.destroy_process_group()
 

@@ -93,4 +93,6 @@ def test_multi_node_without_a_master_reports_each_nodes_command(shapes_root, tmp
     result = pretrain(recipe, reporter=reporter, launch_args=["pretrain", "R.toml"])
     assert result.steps == 0 and not (tmp_path / "run" / "checkpoints").exists()
     assert reporter.lines[1].startswith("node 0: ") and "--node-rank 0" in reporter.lines[1]
-    assert reporter.lines[2].startswith("node 1: ") and reporter.lines[2].endswith("-m scl_cli.cli pretrain R.toml")
+    assert reporter.lines[2].startswith("node 1: ") and reporter.lines[2].endswith(
+        "-m scl_cli.cli pretrain R.toml"
+    )

@@ -22,7 +22,9 @@ def losses_and_grads(objectives: dict, checkpointing: bool = False, compile_back
     if compile_backend is not None:
         for layer in transformer_layers(model):
             layer.compile(backend=compile_backend)
-    step = PretrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, seed=3)
+    step = PretrainStep(
+        model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, seed=3
+    )
     torch.manual_seed(11)  # dropout draws; masks come from the step's own seed
     logs = step(make_batch())
     logs["total"].backward()
@@ -58,7 +60,10 @@ def test_compiled_layers_give_the_same_losses_and_gradients():
     ("objectives", "unreachable"),
     [
         (ALL, {"vision.temporal_embedding"}),
-        ({"itc": {}, "itm": {}, "mlm": {}, "scl_global": {}}, {"vision.temporal_embedding", "vision.mask_token"}),
+        (
+            {"itc": {}, "itm": {}, "mlm": {}, "scl_global": {}},
+            {"vision.temporal_embedding", "vision.mask_token"},
+        ),
     ],
 )
 def test_whole_step_runs_on_meta_and_finds_unreachable_parameters(objectives, unreachable):
@@ -73,6 +78,8 @@ def test_whole_step_runs_on_meta_and_finds_unreachable_parameters(objectives, un
 
 def test_itc_alone_leaves_the_fusion_unreachable():
     model = tiny_model()
-    names = unreachable_parameters(model, build_objectives(validate_objectives({"itc": {}})), MaskingConfig(), SPEC)
+    names = unreachable_parameters(
+        model, build_objectives(validate_objectives({"itc": {}})), MaskingConfig(), SPEC
+    )
     assert any(n.startswith("fusion.") for n in names) and any(n.startswith("mlm_head.") for n in names)
     assert not any(n.startswith(("vision.blocks", "text.encoder", "itc_")) for n in names)
