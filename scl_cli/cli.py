@@ -158,7 +158,8 @@ def pretrain(
     launch_args = ["pretrain", str(recipe), *(f"--set={s}" for s in set_ or [])]
     launch_args += ["--resume"] * resume + ["--plain"] * plain
     result = pretrain_engine(loaded, resume=resume, reporter=reporter, launch_args=launch_args)
-    if result.first_loss is not None and not launched_by_scl():  # the launcher sums up
+    # One summary: from the launcher, or from rank 0 of a run started by torchrun/srun directly.
+    if result.first_loss is not None and is_main_process() and not launched_by_scl():
         reporter.info(
             f"finished step {result.steps}: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
             f"checkpoint {result.last_checkpoint}"
@@ -302,24 +303,37 @@ def eval_(
 def index_(
     ckpt: Annotated[
         Path,
-        typer.Option("--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."),
+        typer.Option(
+            "--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."
+        ),
     ],
     images: Annotated[
-        Path | None, typer.Option("--images", help="Folder of images (jpg/png/webp/gif) and videos, searched recursively.")
+        Path | None,
+        typer.Option(
+            "--images", help="Folder of images (jpg/png/webp/gif) and videos, searched recursively."
+        ),
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="A prepared data set folder (with manifest.json) instead.")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="--data: the split to index.")] = "test",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Index folder (default: CKPT/indexes/NAME, found by `scl retrieve --ckpt`).")
+        Path | None,
+        typer.Option(
+            "--out", help="Index folder (default: CKPT/indexes/NAME, found by `scl retrieve --ckpt`)."
+        ),
     ] = None,
     kind: Annotated[
         str, typer.Option("--kind", help="auto (exact below 50k vectors, else ivf) | flat | ivf | hnsw.")
     ] = "auto",
-    add: Annotated[bool, typer.Option("--add", help="Append new images to an existing index (old ones are not re-embedded).")] = False,
+    add: Annotated[
+        bool,
+        typer.Option("--add", help="Append new images to an existing index (old ones are not re-embedded)."),
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 32,
-    frames: Annotated[int, typer.Option("--frames", min=1, help="Frames per video (its feature: the mean over frames).")] = 4,
+    frames: Annotated[
+        int, typer.Option("--frames", min=1, help="Frames per video (its feature: the mean over frames).")
+    ] = 4,
     plain: PlainOpt = False,
 ) -> None:
     """Embed every image with the checkpoint's ITC projection into a faiss index (+ metadata and the
@@ -328,9 +342,13 @@ def index_(
     from scl_cli.reporting import StageProgress, make_reporter
 
     reporter = make_reporter(force_plain=plain)
-    with StageProgress(reporter) as progress:
-        s = build_index(ckpt, out, images, data, split, kind, add, batch_size, frames, progress=progress,
-                        info_message=reporter.info)  # fmt: skip
+    try:
+        with StageProgress(reporter) as progress:
+            s = build_index(ckpt, out, images, data, split, kind, add, batch_size, frames, progress=progress,
+                            info_message=reporter.info)  # fmt: skip
+    except KeyboardInterrupt:
+        reporter.warn("interrupted: embedded parts are kept; run the same command again to resume")
+        raise
     rows = [["index", str(s.path)], ["kind", s.kind + "".join(f" {k}={v}" for k, v in s.params.items())],
             ["vectors", s.total], ["added", s.added]]  # fmt: skip
     rows += [[f"skipped: {reason}", n] for reason, n in s.skipped.items()]
@@ -343,20 +361,33 @@ def index_(
 @app.command()
 def retrieve(
     query: Annotated[str | None, typer.Option("--query", help="Text to search images for.")] = None,
-    image: Annotated[Path | None, typer.Option("--image", help="Image (or video) file: find similar images.")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Image (or video) file: find similar images.")
+    ] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder from `scl index`.")] = None,
     ckpt: Annotated[
-        Path | None, typer.Option("--ckpt", help="Checkpoint (default: the index's); alone, uses its newest index.")
+        Path | None,
+        typer.Option("--ckpt", help="Checkpoint (default: the index's); alone, uses its newest index."),
     ] = None,
     images: Annotated[
-        Path | None, typer.Option("--images", help="Search this folder: indexes it first (cached, new files appended).")
+        Path | None,
+        typer.Option("--images", help="Search this folder: indexes it first (cached, new files appended)."),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Hits to show.")] = 10,
     rerank: Annotated[
-        int, typer.Option("--rerank", min=0, help="Re-score the top K with the fusion score (rank head or ITM); 0 = ITC only.")
+        int,
+        typer.Option(
+            "--rerank",
+            min=0,
+            help="Re-score the top K with the fusion score (rank head or ITM); 0 = ITC only.",
+        ),
     ] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the hits as JSON (for scripts) instead of a table.")] = False,
-    grid: Annotated[Path | None, typer.Option("--grid", help="Also write a contact sheet PNG of the hits.")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the hits as JSON (for scripts) instead of a table.")
+    ] = False,
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="Also write a contact sheet PNG of the hits.")
+    ] = None,
     plain: PlainOpt = False,
 ) -> None:
     """Search an index by text (--query) or by image (--image): stage 1 ITC from the index, stage 2
@@ -374,7 +405,14 @@ def retrieve(
 
         out = default_index_dir(ckpt_path, images_dir_name(folder))
         with StageProgress(reporter) as progress:
-            s = build_index(ckpt_path, out, images=folder, add=is_index(out), progress=progress, info_message=reporter.info)
+            s = build_index(
+                ckpt_path,
+                out,
+                images=folder,
+                add=is_index(out),
+                progress=progress,
+                info_message=reporter.info,
+            )
         if s.added:
             reporter.info(f"indexed {s.added} new images of {folder} into {out} ({s.total} in all)")
         for reason, n in s.skipped.items():
@@ -464,6 +502,57 @@ def bench_pretrain(
     if json_out is not None:
         report.write_json(json_out)
 
+
+@bench_app.command("retrieve")
+def bench_retrieve(
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Collection sizes, comma-separated.")
+    ] = "10000,100000,1000000",
+    dim: Annotated[
+        int, typer.Option("--dim", min=2, help="Vector size (512: paper ITC; the tiny model has 64).")
+    ] = 512,
+    kinds: Annotated[
+        str, typer.Option("--kinds", help="Index kinds to compare: flat, ivf, hnsw.")
+    ] = "flat,ivf,hnsw",
+    queries: Annotated[int, typer.Option("--queries", min=10, help="Timed queries per index.")] = 200,
+    distribution: Annotated[
+        str,
+        typer.Option("--distribution", help="powerlaw (embedding-like, default) or uniform (worst case)."),
+    ] = "powerlaw",
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help="Checkpoint for the re-rank latency.")] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", help="Else a random model of this recipe's size (e.g. recipes/base.toml)."),
+    ] = None,
+    candidates: Annotated[
+        int, typer.Option("--candidates", min=1, help="Re-ranked candidates per timing.")
+    ] = 16,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
+) -> None:
+    """Index build time, stage-1 query latency (p50/p99) and recall@10 of approximate indexes against
+    exact search on synthetic vectors, and the re-rank cost per candidate."""
+    from scl_cli.bench_retrieve import bench_indexes, bench_rerank
+    from scl_cli.errors import UsageError
+    from scl_cli.reporting import make_reporter
+
+    reporter = make_reporter()
+    try:
+        size_list = [int(s.replace("_", "")) for s in sizes.split(",") if s]
+    except ValueError:
+        raise UsageError(f"--sizes {sizes!r}: expected comma-separated integers") from None
+    kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    unknown = set(kind_list) - {"flat", "ivf", "hnsw"}
+    if unknown:
+        raise UsageError(f"--kinds: unknown {', '.join(sorted(unknown))} (flat, ivf, hnsw)")
+    report = bench_indexes(size_list, dim, kind_list, queries, distribution, progress=reporter.info)
+    columns = ["vectors", "kind", "build s", "params", "p50 ms", "p99 ms", "CPU p50 ms", "recall@10"]
+    title = f"scl bench retrieve: {dim}-d {distribution} vectors, {queries} single queries, {report.threads} threads"
+    reporter.table(title, columns, report.rows())
+    if ckpt is not None or recipe is not None:
+        report.rerank = bench_rerank(ckpt, recipe, candidates)
+        reporter.table("re-rank (stage 2)", ["", "value"], [[k, v] for k, v in report.rerank.items()])
+    if json_out is not None:
+        report.write_json(json_out)
 
 def main() -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback."""

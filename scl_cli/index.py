@@ -92,11 +92,15 @@ class Part:
 def _data_dir(data: Path) -> Path:
     data = Path(data)
     if not (data / "manifest.json").is_file():
-        raise UsageError(f"--data {data}: no manifest.json there — pass a data set folder made by `scl prepare`")
+        raise UsageError(
+            f"--data {data}: no manifest.json there — pass a data set folder made by `scl prepare`"
+        )
     return data
 
 
-def plan_parts(images: Path | None, data: Path | None, split: str, held: set[str], part_size: int) -> list[Part]:
+def plan_parts(
+    images: Path | None, data: Path | None, split: str, held: set[str], part_size: int
+) -> list[Part]:
     """The parts still to embed: files under `images` or shards of `data`/`split`, minus `held`
     (file paths and shard paths the index already has)."""
     if images is not None:
@@ -107,7 +111,11 @@ def plan_parts(images: Path | None, data: Path | None, split: str, held: set[str
     assert data is not None
     folder = _data_dir(data)
     shards = load_sources(folder.parent, [folder.name], split)[0].shards
-    return [Part(shard=str(s.path.resolve()), samples=s.samples) for s in shards if str(s.path.resolve()) not in held]
+    return [
+        Part(shard=str(s.path.resolve()), samples=s.samples)
+        for s in shards
+        if str(s.path.resolve()) not in held
+    ]
 
 
 def _held_sources(index_dir: Path) -> set[str]:
@@ -135,7 +143,12 @@ def _items_of(part: Part) -> Iterator[tuple[dict[str, Any], Callable[[ImageTrans
 
 
 def embed_part(
-    loaded: LoadedModel, part: Part, batch_size: int, frames: int, device: torch.device, pool: ThreadPoolExecutor,
+    loaded: LoadedModel,
+    part: Part,
+    batch_size: int,
+    frames: int,
+    device: torch.device,
+    pool: ThreadPoolExecutor,
     advance: Callable[[int], None],
 ) -> tuple[np.ndarray, list[dict[str, Any]], Counter]:
     """ITC features [n, E] float32 of a part's readable inputs, their metadata, skip counts by reason."""
@@ -206,7 +219,9 @@ def _part_files(parts_dir: Path, i: int) -> tuple[Path, Path, Path]:
     return parts_dir / f"{i:05d}.npy", parts_dir / f"{i:05d}.jsonl", parts_dir / f"{i:05d}.skipped.json"
 
 
-def _write_part(parts_dir: Path, i: int, vectors: np.ndarray, metas: list[dict[str, Any]], skipped: Counter) -> None:
+def _write_part(
+    parts_dir: Path, i: int, vectors: np.ndarray, metas: list[dict[str, Any]], skipped: Counter
+) -> None:
     npy, jsonl, skip = _part_files(parts_dir, i)
     write_atomic(jsonl, b"".join(meta_line(m) for m in metas))
     write_atomic(skip, json.dumps(dict(skipped)).encode())
@@ -214,8 +229,6 @@ def _write_part(parts_dir: Path, i: int, vectors: np.ndarray, metas: list[dict[s
     with open(tmp, "wb") as f:
         np.save(f, vectors)
     tmp.replace(npy)  # the .npy is the part's commit point
-
-
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -262,7 +275,9 @@ def build_index(
     parts_dir = out / PARTS_DIR
     plan_id = _plan_id(ident, parts, frames)
     plan_file = parts_dir / "plan.json"
-    if parts_dir.is_dir() and (not plan_file.is_file() or json.loads(plan_file.read_text()).get("id") != plan_id):
+    if parts_dir.is_dir() and (
+        not plan_file.is_file() or json.loads(plan_file.read_text()).get("id") != plan_id
+    ):
         say(f"{parts_dir}: parts of another plan (other inputs or checkpoint) discarded")
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +294,11 @@ def build_index(
 
     loaded: LoadedModel | None = None
     if todo or existing is None:
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        dev = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
         loaded = load_model(ckpt)
         loaded.model.to(dev).eval()
         count = sum(parts[i].size for i in done)
@@ -312,8 +331,16 @@ def build_index(
 
 
 def _commit(
-    out: Path, ident: CheckpointId, loaded: LoadedModel | None, existing: IndexInfo | None, added: np.ndarray,
-    metas: list[Path], skipped: Counter, kind: str, source: dict[str, Any], frames: int,
+    out: Path,
+    ident: CheckpointId,
+    loaded: LoadedModel | None,
+    existing: IndexInfo | None,
+    added: np.ndarray,
+    metas: list[Path],
+    skipped: Counter,
+    kind: str,
+    source: dict[str, Any],
+    frames: int,
 ) -> IndexSummary:
     """Build or extend the faiss index and write index.faiss, meta.jsonl, offsets, then info.json."""
     if existing is None:

@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from scl_cli import __version__
-from scl_cli.data.loader import build_pretrain_loader, check_pretrain_data
+from scl_cli.data.loader import check_pretrain_data
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
 from scl_cli.errors import UsageError
 from scl_cli.objectives import build_objectives
 from scl_cli.recipe import Recipe, recipe_to_dict, recipe_to_toml
 from scl_cli.reporting import NullReporter, Reporter
 from scl_cli.training import launch
-from scl_cli.training.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights
+from scl_cli.training.checkpoint import latest_checkpoint
 from scl_cli.training.masking import TextSpec
-from scl_cli.training.metrics import METRICS_FILE, MetricsLogger
-from scl_cli.training.optim import build_optimizer, build_scheduler
-from scl_cli.training.parallel import freeze_unreachable, transformer_layers, wrap_data_parallel
+from scl_cli.training.metrics import METRICS_FILE
+from scl_cli.training.parallel import transformer_layers
 from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.training.run import run_training
 from scl_cli.training.runtime import Runtime, seed_everything, setup_runtime
-from scl_cli.training.trainer import Trainer, TrainResult, TrainState, write_checkpoint_fn
+from scl_cli.training.trainer import TrainResult
 
 if TYPE_CHECKING:
     from scl_cli.model import SCLModel
@@ -116,81 +115,15 @@ def pretrain(
         return _launch(recipe, resume, reporter, launch_args)
 
     b = build(recipe)
-    rt, model = b.runtime, b.model
-    if not rt.is_main:
-        reporter = NullReporter()  # rank 0 reports for everyone
-    saved = None
-    if resume and found is not None:
-        ckpt = load_checkpoint(found)
-        load_model_weights(model, ckpt.state_dict)
-        if ckpt.training_state is None:
-            raise UsageError(f"{found}: holds weights only (no training state), so it cannot be resumed")
-        saved = ckpt.training_state
-        reporter.info(f"resuming from {found} (step {ckpt.step})")
-    elif resume:
+    if resume and found is None:
         reporter.info(f"no checkpoint in {run_dir}: starting from step 0")
-
-    # Pre-training batches are still images (T = 1); what such a step never reaches is frozen, so
-    # that DDP needs no unused-parameter search (see training.parallel).
-    frozen = freeze_unreachable(model, b.step_module.objectives, recipe.masking, b.step_module.spec)
-    if frozen:
-        reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
-    step_module, state_io = wrap_data_parallel(b.step_module, model, recipe.topology, rt)
-    optimizer = build_optimizer(model, recipe.optim, model.param_group, rt.device.type)
-    scheduler = build_scheduler(optimizer, recipe.optim)
-    state = TrainState()
-    metrics = MetricsLogger(run_dir, tensorboard=recipe.log.tensorboard, enabled=rt.is_main)
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer_file = Path(tmp) / "tokenizer.json"
-        b.tokenizer.save(tokenizer_file)
-        trainer = Trainer(
-            step_module, model, optimizer, scheduler, rt,
-            max_steps=recipe.optim.max_steps,
-            accumulation=recipe.accumulation_steps(),
-            global_batch=recipe.optim.batch_size,
-            grad_clip=recipe.optim.grad_clip,
-            log_every=recipe.log.every,
-            checkpoint_every=recipe.output.checkpoint_every,
-            save_fn=write_checkpoint_fn(
-                run_dir, model, checkpoint_config(recipe, model), {"tokenizer.json": tokenizer_file},
-                recipe.output.keep_last, rt, state_io,
-            ),
-            metrics=metrics,
-            reporter=reporter,
-            state_io=state_io,
-        )  # fmt: skip
-        if saved is not None:
-            state = trainer.load_training_state(saved)
-            b.step_module.draws = state.micro_batches  # the masks' random stream goes on from there
-            metrics.truncate_after(state.step)
-        loader = build_pretrain_loader(
-            data_root=recipe.data.root,
-            datasets=recipe.data.train,
-            weights=recipe.data.weights,
-            split=recipe.data.split,
-            tokenizer=b.tokenizer,
-            image_size=recipe.model.vision.image_size,
-            max_len=recipe.model.text.max_len,
-            batch_size=recipe.micro_batch(),
-            seed=recipe.optim.seed,
-            rank=rt.rank,
-            world_size=rt.world_size,
-            num_workers=recipe.data.num_workers,
-            shuffle_buffer=recipe.data.shuffle_buffer,
-            augment=recipe.data.augment,
-            crop_min_scale=recipe.data.crop_min_scale,
-            start_batch=state.micro_batches,
-            pin_memory=rt.device.type == "cuda",
-        )
-        batches = iter(loader)
-        if saved is not None:
-            # After the loader exists: starting its workers draws from the global RNG.
-            trainer.restore_rng(saved)
-        try:
-            result = trainer.fit(batches, state, run_dir)
-        finally:
-            metrics.close()
-    rt.teardown()
+    result = run_training(
+        recipe, b.model, b.tokenizer, b.step_module, b.runtime, run_dir,
+        resume_from=found if resume else None,
+        datasets=recipe.data.train, split=recipe.data.split,
+        config=checkpoint_config(recipe, b.model), reporter=reporter,
+    )  # fmt: skip
+    b.runtime.teardown()
     return result
 
 

@@ -81,10 +81,14 @@ class Retriever:
     def __init__(self, index_dir: Path, ckpt: Path | None = None, device: str = "auto") -> None:
         self.index_dir = Path(index_dir)
         self.info: IndexInfo = read_info(self.index_dir)
-        self.ckpt: CheckpointId = checkpoint_id(Path(ckpt) if ckpt is not None else Path(self.info.checkpoint))
+        self.ckpt: CheckpointId = checkpoint_id(
+            Path(ckpt) if ckpt is not None else Path(self.info.checkpoint)
+        )
         check_fingerprint(self.info, self.ckpt, self.index_dir)
         self.device = torch.device(
-            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
         )
         self.loaded: LoadedModel = load_model(self.ckpt.path)
         self.model = self.loaded.model.to(self.device).eval()
@@ -127,46 +131,70 @@ class Retriever:
         t1 = time.perf_counter()
         scores, ids = self.vectors.search(itc.float().cpu().numpy(), max(top_k, rerank))
         t2 = time.perf_counter()
-        out = []
-        for q in range(len(queries)):
-            hits = self._hits(scores[q], ids[q])
-            if rerank:
-                hits = self._rerank(hits, tokens[q : q + 1], mask[q : q + 1], rerank)
-            out.append(hits[:top_k])
+        hit_lists = [self._hits(scores[q], ids[q]) for q in range(len(queries))]
+        if rerank:
+            hit_lists = self._rerank(hit_lists, tokens, mask, rerank)
         self.timings = {"encode": t1 - t0, "search": t2 - t1, "rerank": time.perf_counter() - t2}
-        return out
+        return [hits[:top_k] for hits in hit_lists]
 
-    def _rerank(self, hits: list[Hit], tokens: torch.Tensor, mask: torch.Tensor, k: int) -> list[Hit]:
-        """Re-score the first k hits with the fusion score; unreadable ones follow the re-scored."""
-        head, tail = hits[:k], hits[k:]
+    def _rerank(
+        self,
+        hit_lists: list[list[Hit]],
+        tokens: torch.Tensor,
+        mask: torch.Tensor,
+        k: int,
+        pair_batch: int = 256,
+    ) -> list[list[Hit]]:
+        """Re-score the first k hits of each query (tokens [Q, L, D], mask [Q, L]) with the fusion
+        score; each candidate image is encoded once for all queries, pairs go `pair_batch` at a
+        time. Unreadable candidates follow the re-scored ones, then the rest in ITC order."""
         frames = max(1, min(self.info.frames, self.model.config.vision.max_frames))
-        pixels = load_many([Media(h.path, h.shard, h.key) for h in head], self.transform, frames)
-        scored: list[tuple[float, int, Hit]] = []
-        unreadable: list[Hit] = []
-        by_frames: dict[int, list[int]] = {}
-        for j, p in enumerate(pixels):
+        unique = sorted({h.id: h for hits in hit_lists for h in hits[:k]}.items())
+        pixels = load_many([Media(h.path, h.shard, h.key) for _, h in unique], self.transform, frames)
+        encoded: dict[int, torch.Tensor] = {}  # id -> fusion-space image tokens [S, D]
+        frames_of: dict[int, int] = {}  # id -> frames decoded (1 for an image)
+        failed: dict[int, MediaError] = {}
+        by_frames: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for (i, _), p in zip(unique, pixels, strict=True):
             if isinstance(p, MediaError):
-                head[j].missing = head[j].missing or str(p) == "missing file"
-                unreadable.append(head[j])
+                failed[i] = p
             else:
-                by_frames.setdefault(int(p.shape[0]), []).append(j)
-        for t, rows in by_frames.items():
-            images = torch.stack([pixels[j] for j in rows]).to(self.device)  # type: ignore[misc]
-            _, image_tokens = image_features(self.model, images)
-            assert image_tokens is not None
-            n = len(rows)
-            # Contiguous copies: linear layers on stride-0 (expanded) inputs are very slow on CPU.
-            text, text_mask = tokens.expand(n, -1, -1).contiguous(), mask.expand(n, -1).contiguous()
-            values = fusion_scores(self.model, text, text_mask, image_tokens, t)
-            for j, value in zip(rows, values.cpu().tolist(), strict=True):
-                head[j].score, head[j].stage = float(value), "rerank"
-                scored.append((float(value), j, head[j]))
-        # Best fusion score first; ties keep the ITC order (as `two_stage_scores` does).
-        scored.sort(key=lambda item: (-item[0], item[1]))
-        ordered = [h for _, _, h in scored] + unreadable + tail
-        for rank, hit in enumerate(ordered, start=1):
-            hit.rank = rank
-        return ordered
+                frames_of[i] = int(p.shape[0])
+                by_frames.setdefault(frames_of[i], []).append((i, p))
+        for group in by_frames.values():
+            for a in range(0, len(group), 32):
+                chunk = group[a : a + 32]
+                _, image_tokens = image_features(
+                    self.model, torch.stack([p for _, p in chunk]).to(self.device)
+                )
+                assert image_tokens is not None
+                encoded.update((i, t) for (i, _), t in zip(chunk, image_tokens, strict=True))
+        pairs = [
+            (q, j) for q, hits in enumerate(hit_lists) for j, h in enumerate(hits[:k]) if h.id in encoded
+        ]
+        pairs.sort(key=lambda pair: frames_of[hit_lists[pair[0]][pair[1]].id])  # clips of a length together
+        for a in range(0, len(pairs), pair_batch):
+            chunk = pairs[a : a + pair_batch]
+            for t in sorted({frames_of[hit_lists[q][j].id] for q, j in chunk}):
+                part = [(q, j) for q, j in chunk if frames_of[hit_lists[q][j].id] == t]
+                rows = torch.tensor([q for q, _ in part], device=tokens.device)
+                images = torch.stack([encoded[hit_lists[q][j].id] for q, j in part])
+                values = fusion_scores(self.model, tokens[rows], mask[rows], images, t)
+                for (q, j), value in zip(part, values.cpu().tolist(), strict=True):
+                    hit_lists[q][j].score, hit_lists[q][j].stage = float(value), "rerank"
+        out = []
+        for hits in hit_lists:
+            head, tail = hits[:k], hits[k:]
+            for h in head:
+                if h.id in failed:
+                    h.missing = h.missing or str(failed[h.id]) == "missing file"
+            # Best fusion score first; ties keep the ITC order (as `two_stage_scores` does).
+            scored = sorted((h for h in head if h.stage == "rerank"), key=lambda h: -h.score)
+            ordered = scored + [h for h in head if h.stage != "rerank"] + tail
+            for rank, hit in enumerate(ordered, start=1):
+                hit.rank = rank
+            out.append(ordered)
+        return out
 
     @torch.no_grad()
     def search_image(self, image: Path, top_k: int = 10) -> list[Hit]:
@@ -196,7 +224,10 @@ class Retriever:
 
 # ----------------------------------------------------------------------------- which index
 def resolve_index(
-    index: Path | None, ckpt: Path | None, images: Path | None, build: Callable[[Path, Path], Path] | None = None
+    index: Path | None,
+    ckpt: Path | None,
+    images: Path | None,
+    build: Callable[[Path, Path], Path] | None = None,
 ) -> Path:
     """The index a query uses: `index`; else for `images` the cached index of that folder (built or
     extended by `build(ckpt, images)`); else the newest index made from `ckpt`'s weights."""

@@ -22,3 +22,9 @@ echo "== summary of $OUT/tiny/metrics.jsonl"
 echo "== scl eval retrieval (zero-shot, shapes test split)"
 $SCL eval retrieval --ckpt "$OUT/tiny" --data "$OUT/data/shapes" --split test --rerank 16 \
   --out "$OUT/eval-retrieval.json"
+
+echo "== scl index: the shapes test images, embedded with the model's ITC projection"
+$SCL index --ckpt "$OUT/tiny" --data "$OUT/data/shapes" --split test
+
+echo "== scl retrieve --query \"a red circle\" (contact sheet: $OUT/retrieve.png)"
+$SCL retrieve --ckpt "$OUT/tiny" --query "a red circle" --top-k 8 --grid "$OUT/retrieve.png"

@@ -66,7 +66,7 @@ class SCLModel(nn.Module):
         self.text_pooler = Pooler(width)
         self.image_pooler = Pooler(width)
         self.itm_head = ITMHead(2 * width)
-        self.mlm_head = MLMHead(width, vocab_size)
+        self.mlm_head = MLMHead(width, vocab_size, cfg.fusion.layer_norm_eps)
         self.itc_text_proj = ITCProjection(width, cfg.itc_dim)
         self.itc_image_proj = ITCProjection(width, cfg.itc_dim)
         self.itc_temperature = nn.Parameter(torch.tensor(0.07))

@@ -103,6 +103,9 @@ class FusionConfig(Section):
     heads: int = Field(12, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1)
+    layer_norm_eps: float = Field(
+        1e-12, gt=0, description="LayerNorm eps of the fusion layers and MLM head (the published model's)."
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> FusionConfig:

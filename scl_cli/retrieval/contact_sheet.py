@@ -41,7 +41,9 @@ def sheet_layout(count: int, columns: int | None = None) -> tuple[int, int]:
     return columns, max(1, math.ceil(count / columns))
 
 
-def contact_sheet(tiles: list[Tile], out: Path, title: str, tile: int = 192, columns: int | None = None) -> Path:
+def contact_sheet(
+    tiles: list[Tile], out: Path, title: str, tile: int = 192, columns: int | None = None
+) -> Path:
     """Write the tiles as a grid PNG to `out`; returns `out`. Unreadable images get a grey tile."""
     cols, rows = sheet_layout(len(tiles), columns)
     pad, text_h, title_h = 8, 34, 30

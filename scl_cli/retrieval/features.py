@@ -26,7 +26,9 @@ def image_features(model: SCLModel, images: Tensor, with_tokens: bool = True) ->
 
 
 @torch.no_grad()
-def text_features(model: SCLModel, ids: Tensor, mask: Tensor, with_tokens: bool = True) -> tuple[Tensor, Tensor | None]:
+def text_features(
+    model: SCLModel, ids: Tensor, mask: Tensor, with_tokens: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """ids, mask [B, L] -> (ITC features [B, E], unit length; fusion-space tokens [B, L, D] or None)."""
     tokens = model.encode_text(ids, mask)
     itc = F.normalize(model.itc_text_proj(model.text_transform(tokens[:, 0])), dim=-1)
@@ -38,7 +40,9 @@ def fusion_scorer_name(model: SCLModel) -> str:
 
 
 @torch.no_grad()
-def fusion_scores(model: SCLModel, text_tokens: Tensor, text_mask: Tensor, image_tokens: Tensor, frames: int = 1) -> Tensor:
+def fusion_scores(
+    model: SCLModel, text_tokens: Tensor, text_mask: Tensor, image_tokens: Tensor, frames: int = 1
+) -> Tensor:
     """Fusion score of B (text, image) pairs, higher = better match: the rank head after retrieval
     fine-tuning, the ITM match logit otherwise (zero-shot from a pre-training checkpoint).
 

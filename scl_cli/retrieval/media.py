@@ -100,7 +100,13 @@ def decode_media(data: bytes, ext: str, transform: ImageTransform, frames: int) 
                 # Exactly the pixels training and `scl eval` see (draft-mode JPEG decode included).
                 return transform.from_bytes(data).unsqueeze(0)
             images = _pil_frames(image, frames)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,
+        ) as err:
             raise MediaError("unreadable image") from err
     return torch.stack([transform.pixels(image) for image in images])
 

@@ -160,15 +160,21 @@ def read_info(index_dir: Path) -> IndexInfo:
     if not path.is_file():
         hint = (" (an interrupted build: run the same `scl index` command again to finish it)"
                 if (Path(index_dir) / PARTS_DIR).is_dir() else "")  # fmt: skip
-        raise UsageError(f"{index_dir}: not an index, {INFO_FILE} is missing{hint} — make one with `scl index`")
+        raise UsageError(
+            f"{index_dir}: not an index, {INFO_FILE} is missing{hint} — make one with `scl index`"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: unreadable ({err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UsageError(f"{path}: not an scl index (format {data.get('format') if isinstance(data, dict) else None!r})")
+        raise UsageError(
+            f"{path}: not an scl index (format {data.get('format') if isinstance(data, dict) else None!r})"
+        )
     if int(data.get("version", 0)) > VERSION:
-        raise UsageError(f"{path}: index version {data['version']}; this scl reads up to {VERSION}: upgrade scl")
+        raise UsageError(
+            f"{path}: index version {data['version']}; this scl reads up to {VERSION}: upgrade scl"
+        )
     known = IndexInfo.__dataclass_fields__
     return IndexInfo(**{k: v for k, v in data.items() if k in known})
 
@@ -184,7 +190,9 @@ def check_fingerprint(info: IndexInfo, ckpt: CheckpointId, index_dir: Path) -> N
         )
 
 
-def find_indexes(ckpt: Path, fingerprint: str) -> tuple[list[tuple[Path, IndexInfo]], list[tuple[Path, IndexInfo]]]:
+def find_indexes(
+    ckpt: Path, fingerprint: str
+) -> tuple[list[tuple[Path, IndexInfo]], list[tuple[Path, IndexInfo]]]:
     """Indexes cached for `--ckpt` (see `cache_roots`), newest first: (made from these weights, others)."""
     same, other = [], []
     seen: set[Path] = set()

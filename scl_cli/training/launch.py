@@ -24,6 +24,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -127,10 +128,12 @@ def run_torchrun(command: list[str]) -> None:
     """Run torchrun in the foreground and wait. SIGTERM is passed on (torchrun stops every rank);
     Ctrl-C reaches torchrun directly through the terminal's process group."""
     proc = subprocess.Popen(command, env={**os.environ, LAUNCHED_ENV: "1"})
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum)),
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    }
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+        previous = {
+            signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum)),
+            signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        }
     try:
         code = proc.wait()
     finally:

@@ -60,6 +60,8 @@ def run_training(
         reporter.info(f"resuming from {resume_from} (step {ckpt.step})")
 
     if frozen is None:
+        # What the step never reaches (e.g. the temporal embedding for still images) is frozen, so
+        # that DDP needs no unused-parameter search (see training.parallel).
         frozen = freeze_unreachable(model, step_module.objectives, recipe.masking, step_module.spec)
     else:
         for name in frozen:

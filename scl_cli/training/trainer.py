@@ -135,11 +135,14 @@ class Trainer:
         return batch
 
     def _sync_context(self, last_micro: bool):
-        # Skip DDP's gradient all-reduce on all but the last micro-batch of a step.
-        if not last_micro and hasattr(self.step_module, "no_sync"):
-            return self.step_module.no_sync()
+        # Reduce gradients across ranks on the last micro-batch of a step only: DDP's no_sync,
+        # FSDP2's set_requires_gradient_sync (it then keeps unsharded gradients until the last).
         import contextlib
 
+        if hasattr(self.step_module, "set_requires_gradient_sync"):
+            self.step_module.set_requires_gradient_sync(last_micro)
+        elif not last_micro and hasattr(self.step_module, "no_sync"):
+            return self.step_module.no_sync()
         return contextlib.nullcontext()
 
     def train_step(

@@ -119,8 +119,17 @@ def test_two_processes_match_one_process_for_every_objective(tmp_path: Path) -> 
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     single = Runtime(torch.device("cpu"), "fp32")
-    for name, (objectives, strategy) in CASES.items():
-        want_logs, want_grads = run_step(objectives, strategy, single, global_batch())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers: same reduction order, whatever the machine's load
+    try:
+        wanted = {
+            name: run_step(objectives, strategy, single, global_batch())
+            for name, (objectives, strategy) in CASES.items()
+        }
+    finally:
+        torch.set_num_threads(threads)
+    for name in CASES:
+        want_logs, want_grads = wanted[name]
         for rank, results in enumerate(ranks):
             logs, grads = results[name]
             assert logs.keys() == want_logs.keys(), name
@@ -131,5 +140,9 @@ def test_two_processes_match_one_process_for_every_objective(tmp_path: Path) -> 
             assert grads.keys() == want_grads.keys(), name
             for key, value in want_grads.items():
                 torch.testing.assert_close(
-                    grads[key], value, atol=1e-5, rtol=1e-4, msg=f"{name}: grad of {key}"
+                    grads[key],
+                    value,
+                    atol=1e-5,
+                    rtol=1e-4,
+                    msg=lambda m, n=name, k=key: f"{n}: grad of {k}: {m}",
                 )
