@@ -95,6 +95,11 @@ def _latencies(
     return np.stack(ids), np.asarray(wall), np.asarray(cpu)
 
 
+def _describe(row: IndexRow) -> str:
+    return (f"{row.size:,} {row.kind} ({row.params}): build {row.build_s:.1f} s, p50 {row.p50_ms:.2f} ms, "
+            f"p99 {row.p99_ms:.2f} ms, CPU p50 {row.cpu_p50_ms:.2f} ms, recall@10 {row.recall_at_10:.3f}")  # fmt: skip
+
+
 def _row(n: int, kind: str, build_s: float, params: str, measured: tuple, truth: np.ndarray) -> IndexRow:
     ids, wall, cpu = measured
     return IndexRow(n, kind, build_s, params, 1e3 * float(np.median(wall)), 1e3 * float(np.percentile(wall, 99)),
@@ -123,6 +128,7 @@ def bench_indexes(
         _, truth = exact.search(q, 10)  # batched: the reference, not timed
         if "flat" in kinds:
             report.indexes.append(_row(n, "flat", build_s, "exact", _latencies(exact, q), truth))
+            say(_describe(report.indexes[-1]))
         del exact
         for kind in kinds:
             if kind == "flat":
@@ -134,9 +140,7 @@ def bench_indexes(
             params = " ".join(f"{k}={v}" for k, v in index.params.items() if k != "tuned_recall_at_10")
             row = _row(n, kind, build_s, params, _latencies(index, q), truth)
             report.indexes.append(row)
-            say(
-                f"{n:,} {kind}: build {build_s:.1f} s, p50 {row.p50_ms:.2f} ms, recall@10 {row.recall_at_10:.3f}"
-            )
+            say(_describe(row))
             del index
         del base
     return report
