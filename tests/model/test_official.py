@@ -32,7 +32,10 @@ from ..conftest import ROOT
 KEYS_FILE = next(
     (
         p
-        for p in (ROOT.parent / "shared" / "official_scl_keys.txt", ROOT / "shared" / "official_scl_keys.txt")
+        for p in (
+            ROOT / "tests" / "fixtures" / "official_scl_keys.txt",  # a copy kept with the tests
+            ROOT.parent / "shared" / "official_scl_keys.txt",
+        )
         if p.is_file()
     ),
     None,
