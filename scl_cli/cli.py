@@ -57,7 +57,8 @@ def prepare(
         str,
         typer.Argument(
             help="Data set: shapes (synthetic, offline), coco, vg, sbu, cc3m (pre-training), "
-            "f30k, vqav2, nlvr2 (fine-tuning; coco too)."
+            "f30k, vqav2, nlvr2 (fine-tuning; coco too), webvid (video pre-training), msrvtt, lsmdc "
+            "(video retrieval)."
         ),
     ],
     out: Annotated[
@@ -97,6 +98,10 @@ def prepare(
     seed: Annotated[
         int | None, typer.Option("--seed", help="shapes: generator seed (same seed, same bytes).")
     ] = None,
+    clips: Annotated[
+        int | None,
+        typer.Option("--clips", min=0, help="shapes: clips of a moving shape in all splits (default: a fifth of --images; 0 = none)."),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default: all cores).")
     ] = None,
@@ -111,7 +116,7 @@ def prepare(
     given = {
         "source": source, "webdataset": webdataset, "split": split, "image_size": image_size, "limit": limit,
         "shard_size": shard_size, "threads": threads, "timeout": timeout, "retries": retries,
-        "images": images, "seed": seed, "workers": workers,
+        "images": images, "seed": seed, "workers": workers, "clips": clips,
     }  # fmt: skip
     options = {key: value for key, value in given.items() if value not in (None, [])}
     reporter = make_reporter(force_plain=plain)

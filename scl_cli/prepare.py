@@ -25,6 +25,7 @@ from scl_cli.data import pipeline
 from scl_cli.data.download import FetchSettings
 from scl_cli.data.images import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, ImageSettings
 from scl_cli.data.shapes import generate_image, generate_pair, make_statement, objects_from_json
+from scl_cli.data.shapes_clips import CLIP_FRAMES, generate_clip
 from scl_cli.data.shards import MANIFEST, ShardWriter, read_manifest, write_manifest
 from scl_cli.data.sources import READERS
 from scl_cli.data.sources.base import SourceRequest
@@ -126,6 +127,41 @@ def _render_shard(
     return writer.shards[0], samples
 
 
+def _render_clip_shard(work: Path, seed: int, size: int, shard_size: int, task: _ShardTask) -> tuple[dict, list[str]]:
+    """Render and write one shard of moving-shape clips (in a worker); returns its manifest entry
+    and its captions."""
+    texts: list[str] = []
+    first = task.shard * shard_size
+    with ShardWriter(work / "clips" / task.split, shard_size, relative_to=work, first_shard=task.shard) as writer:
+        for index in range(first, min(task.split_size, first + shard_size)):
+            mp4, record = generate_clip(seed, task.split, index, size)
+            writer.write({"__key__": record["id"], "mp4": mp4, "json": _dumps(record)})
+            texts.extend(record["captions"])
+    return writer.shards[0], texts
+
+
+def _clip_shards(
+    work: Path, sizes: dict[str, int], seed: int, size: int, shard_size: int, mapper: Callable,
+    progress: ProgressFn | None,
+) -> tuple[dict[str, dict], list[str]]:  # fmt: skip
+    """Every split of the clips group: manifest entries and the train captions (for the tokenizer)."""
+    tasks = [_ShardTask(split, n, k) for split, n in sizes.items() if n
+             for k in range(-(-n // shard_size))]  # fmt: skip
+    entries: dict[str, dict] = {split: {"samples": 0, "shards": []} for split, n in sizes.items() if n}
+    texts: list[str] = []
+    for task, (shard, captions) in zip(
+        tasks, mapper(functools.partial(_render_clip_shard, work, seed, size, shard_size), tasks), strict=True
+    ):
+        entry = entries[task.split]
+        entry["shards"].append(shard)
+        entry["samples"] += shard["samples"]
+        if progress:
+            progress(f"clips/{task.split}", entry["samples"], task.split_size)
+        if task.split == "train":
+            texts.extend(captions)
+    return entries, texts
+
+
 def _image_shards(
     work: Path, sizes: dict[str, int], seed: int, image_size: int, shard_size: int, mapper: Callable,
     progress: ProgressFn | None,
@@ -184,12 +220,16 @@ def prepare_shapes(
     shard_size: int = 1000,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    clips: int | None = None,
+    clip_size: int = 64,
 ) -> Path:
     """Generate the synthetic shapes corpus into `out_root/shapes/` and return that folder.
 
     Writes `{train,val,test}/NNNNNN.tar` (image + captions/objects/VQA per sample),
     `nlvr2/{train,val,test}/NNNNNN.tar` (image pairs + statement + label), `tokenizer.json`
-    (byte-level BPE trained on the train texts) and `manifest.json`. The same arguments give
+    (byte-level BPE trained on the train texts), `clips/{train,val,test}/NNNNNN.tar` (`clips`
+    MP4 clips of `clip_size` px of a moving shape, with captions that need the motion and their
+    opposite-direction foils; default: a fifth of `images`, none below 10; 0 = none) and `manifest.json`. The same arguments give
     byte-identical files whatever `workers` is. The folder is built aside and swapped in at the end.
     """
     if images < 10:
@@ -200,6 +240,12 @@ def prepare_shapes(
         )
     if shard_size < 1:
         raise UsageError(f"shard_size {shard_size}: need at least 1 sample per shard")
+    if clips is None:
+        clips = images // 5 if images // 5 >= 10 else 0
+    if clips and clips < 10:
+        raise UsageError(f"--clips {clips}: need 0 or at least 10 (one each for val and test)")
+    if clip_size < 32:
+        raise UsageError(f"clip_size {clip_size}: need at least 32 pixels")
     out_root = Path(out_root)
     target, work = out_root / "shapes", out_root / ".shapes.partial"
     _existing_target(target)
@@ -227,6 +273,12 @@ def prepare_shapes(
             manifest["nlvr2"][split] = {"samples": n_pairs, "shards": pair_shards}
             if split == "train":
                 texts = [*_texts(record for _, record in samples), *statements]
+        if clips:
+            manifest["clips"], clip_texts = _clip_shards(work, split_sizes(clips), seed, clip_size, shard_size,
+                                                         mapper, progress)  # fmt: skip
+            manifest["media"] = {"clips": "video"}
+            manifest["clip_frames"] = CLIP_FRAMES
+            texts += clip_texts
     if progress:
         progress("tokenizer", 0, 1)
     train_bpe_tokenizer(texts, TOKENIZER_VOCAB).save(work / "tokenizer.json")

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from scl_cli.data.shards import MANIFEST, iter_tar_samples, read_manifest, split_entry
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.data.transforms import ImageTransform
+from scl_cli.data.video import VideoError, decode_clip, is_video_member
 from scl_cli.errors import DataError, UsageError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -47,22 +48,32 @@ class Shard:
 
 @dataclass(frozen=True)
 class Source:
-    """One data set's split: its shards in manifest order."""
+    """One data set's split: its shards in manifest order, and whether they hold images or clips."""
 
     name: str
     shards: tuple[Shard, ...]
+    media: str = "image"  # "image" or "video" (the manifest's `media` entry for the group)
 
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
 
 
+def parse_source(spec: str, group: str = "splits") -> tuple[str, str]:
+    """"NAME" or "NAME:GROUP" (e.g. "shapes:clips") -> (data set folder, manifest group)."""
+    name, _, named_group = spec.partition(":")
+    return name, named_group or group
+
+
 def load_sources(data_root: Path, datasets: list[str], split: str, group: str = "splits") -> list[Source]:
-    """The shards of `split` of each data set, checked against the disk; `DataError` naming the file."""
+    """The shards of `split` of each data set ("NAME" or "NAME:GROUP"), checked against the disk;
+    `DataError` naming the file."""
     sources, offset = [], 0
-    for name in datasets:
+    for spec in datasets:
+        name, source_group = parse_source(spec, group)
         dataset_dir = Path(data_root) / name
-        entry = split_entry(read_manifest(dataset_dir), split, dataset_dir, group)
+        manifest = read_manifest(dataset_dir)
+        entry = split_entry(manifest, split, dataset_dir, source_group)
         shards = []
         for item in entry["shards"]:
             path = dataset_dir / item["file"]
@@ -72,7 +83,8 @@ def load_sources(data_root: Path, datasets: list[str], split: str, group: str = 
                 )
             shards.append(Shard(path, int(item["samples"]), offset))
             offset += int(item["samples"])
-        sources.append(Source(name, tuple(shards)))
+        media = (manifest.get("media") or {}).get(source_group, "image")
+        sources.append(Source(name, tuple(shards), media))
     return sources
 
 
@@ -161,10 +173,14 @@ def _count_mismatch(shard: Shard) -> DataError:
 
 
 class PretrainStream(IterableDataset):
-    """Endless batches for one rank: `images` uint8 [B, 1, 3, H, W] (pixels; the step normalises
+    """Endless batches for one rank: `images` uint8 [B, T, 3, H, W] (pixels; the step normalises
     them on its device, see `transforms.to_model_input` — a quarter of float32's bytes through the
     worker queue and the host-device copy), `text_ids` int64 [B, L], `text_mask` int64 [B, L]
-    (1 = real token), `index` int64 [B] (global sample index)."""
+    (1 = real token), `index` int64 [B] (global sample index).
+
+    T is 1 for images and `num_frames` for clips. When image and video data sets are mixed, each
+    batch draws its media first (by the summed weights of each kind), then its samples from the
+    data sets of that kind: a batch never mixes frame counts."""
 
     def __init__(
         self,
@@ -181,9 +197,12 @@ class PretrainStream(IterableDataset):
         shuffle_buffer: int,
         start_batch: int,
         collate: Callable[[list[tuple[dict[str, Any], int, random.Random]]], dict[str, torch.Tensor]] | None = None,
+        num_frames: int = 4,
     ) -> None:
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
+        self.num_frames = num_frames
         total = float(sum(weights))
+        self.weights = [float(w) for w in weights]
         self.probabilities = np.array([w / total for w in weights])
         self.max_len, self.batch_size, self.seed = max_len, batch_size, seed
         self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
@@ -212,6 +231,8 @@ class PretrainStream(IterableDataset):
         n_sources = len(self.sources)
         if n_sources == 1:
             return iter(lambda: 0, None), [start]
+        if len({src.media for src in self.sources}) > 1:
+            return self._media_blocked_choices(worker, start)
 
         def block(b: int) -> np.ndarray:
             rng = _numpy_rng("scl-mix", self.seed, self.rank, worker, b)
@@ -227,6 +248,37 @@ class PretrainStream(IterableDataset):
             b, skip = first_block, within
             while True:
                 yield from block(b)[skip:].tolist()
+                b, skip = b + 1, 0
+
+        return choices(), consumed.tolist()
+
+    def _media_blocked_choices(self, worker: int, start: int) -> tuple[Iterator[int], list[int]]:
+        """Like `_dataset_choices`, but one media kind per batch: batch b of this slot draws its kind,
+        then a data set of that kind per sample, from generators seeded by (seed, worker, b)."""
+        kinds = sorted({src.media for src in self.sources})
+        members = {k: [i for i, src in enumerate(self.sources) if src.media == k] for k in kinds}
+        kind_p = np.array([sum(self.weights[i] for i in members[k]) for k in kinds])
+        kind_p = kind_p / kind_p.sum()
+
+        def batch(b: int) -> list[int]:
+            # Not seeded by rank: every process draws the same media at the same step, so DDP
+            # never pairs an image step with a clip step.
+            rng = _numpy_rng("scl-media", self.seed, worker, b)
+            kind = kinds[int(rng.choice(len(kinds), p=kind_p))]
+            weights = np.array([self.weights[i] for i in members[kind]])
+            picks = rng.choice(len(weights), size=self.batch_size, p=weights / weights.sum())
+            return [members[kind][int(j)] for j in picks]
+
+        first_batch, within = divmod(start, self.batch_size)
+        consumed = np.zeros(len(self.sources), dtype=np.int64)
+        for b in range(first_batch):
+            consumed += np.bincount(batch(b), minlength=len(self.sources))
+        consumed += np.bincount(batch(first_batch)[:within], minlength=len(self.sources))
+
+        def choices() -> Iterator[int]:
+            b, skip = first_batch, within
+            while True:
+                yield from batch(b)[skip:]
                 b, skip = b + 1, 0
 
         return choices(), consumed.tolist()
@@ -252,11 +304,14 @@ class PretrainStream(IterableDataset):
         captions, pixels, indices = [], [], []
         for sample, index, rng in items:
             captions.append(rng.choice(_captions(sample)))
-            pixels.append(self.transform.from_bytes(_image_bytes(sample), rng))
+            pixels.append(sample_pixels(sample, self.transform, rng, self.num_frames))
             indices.append(index)
         text_ids, text_mask = self.tokenizer.encode(captions, self.max_len)
+        if len({p.shape[0] for p in pixels}) > 1:
+            raise DataError(f"{_where(items[0][0])}: a batch mixes images and clips — give each data set "
+                            "its media in the manifest ('media')")  # fmt: skip
         return {
-            "images": torch.stack(pixels).unsqueeze(1),
+            "images": torch.stack(pixels),
             "text_ids": text_ids,
             "text_mask": text_mask,
             "index": torch.tensor(indices, dtype=torch.long),
@@ -275,6 +330,20 @@ def _captions(sample: dict[str, Any]) -> list[str]:
     if not captions:
         raise DataError(f"{_where(sample)}: empty caption list")
     return captions
+
+
+def sample_pixels(
+    sample: dict[str, Any], transform: ImageTransform, rng: random.Random | None, num_frames: int
+) -> torch.Tensor:
+    """uint8 [T, 3, S, S] of a shard sample: a clip member (mp4, ...) decoded to `num_frames`
+    frames, else its image as one frame. `DataError` naming the sample for an unreadable clip."""
+    for name, data in sample.items():
+        if isinstance(data, bytes) and is_video_member(name):
+            try:
+                return decode_clip(data, num_frames, transform, rng)
+            except VideoError as err:
+                raise DataError(f"{_where(sample)}: {err}") from err
+    return transform.from_bytes(_image_bytes(sample), rng).unsqueeze(0)
 
 
 def _image_bytes(sample: dict[str, Any]) -> bytes:
@@ -306,6 +375,11 @@ def check_slots(
                 raise DataError(f"{where}: the shards of rank {rank}, worker {worker} hold no samples")
 
 
+def source_media(data_root: Path, datasets: list[str], split: str, group: str = "splits") -> set[str]:
+    """The media kinds ("image", "video") the data sets' `split` holds."""
+    return {src.media for src in load_sources(data_root, datasets, split, group)}
+
+
 def check_pretrain_data(
     data_root: Path, datasets: list[str], split: str, world_size: int, num_workers: int
 ) -> None:
@@ -334,6 +408,7 @@ def build_pretrain_loader(
     prefetch_factor: int = 2,
     collate: Callable | None = None,
     group: str = "splits",
+    num_frames: int = 4,
 ) -> DataLoader:
     """Endless batches of this rank (see `PretrainStream` for the keys and shapes).
 
@@ -357,6 +432,7 @@ def build_pretrain_loader(
     stream = PretrainStream(
         sources, list(weights), tokenizer, ImageTransform(image_size, augment, crop_min_scale),
         max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch, collate,
+        num_frames,
     )  # fmt: skip
     check_slots(sources, world_size, num_workers, split, data_root)
     if num_workers > 0:

@@ -174,6 +174,7 @@ def load_tokenizer(spec: str, data_root: Path, dataset: str) -> TextTokenizer:
     its local cache). `DataError` with one line when it cannot be found.
     """
     if spec == "dataset":
+        dataset = dataset.partition(":")[0]  # "shapes:clips" -> the shapes folder
         path = Path(data_root) / dataset / "tokenizer.json"
         if not path.is_file():
             raise DataError(

@@ -23,6 +23,7 @@ from scl_cli.data.download import FetchError, FetchSettings, fetcher_for, map_th
 from scl_cli.data.images import ImageSettings, ImageSkip, process_image
 from scl_cli.data.shards import SHARD_PATTERN, ShardWriter
 from scl_cli.data.sources.base import ImageRef, Record, Skip
+from scl_cli.data.video import VideoError, check_video, is_video_member
 
 STATE_DIR = ".shards"
 FORMAT_VERSION = 1
@@ -124,8 +125,11 @@ def build_sample(
     sample: dict[str, Any] = {"__key__": record.key}
     for name, ref in record.images.items():
         try:
-            sample[name] = process_image(_read_ref(ref, fetch, connections), image)
-        except (ImageSkip, FetchError) as err:
+            data = _read_ref(ref, fetch, connections)
+            # Clips are stored as they come (decoding happens per step, a few frames at a time);
+            # images are checked and re-encoded.
+            sample[name] = check_video(data) if is_video_member(name) else process_image(data, image)
+        except (ImageSkip, FetchError, VideoError) as err:
             return Skip(record.id, err.reason, ref.describe(), record.split)
     # Texts were checked by the reader; a non-UTF-8 file name or id is kept, its odd bytes as "?".
     text = json.dumps(record.meta, ensure_ascii=False, separators=(",", ":"))
@@ -156,7 +160,7 @@ def write_shard(root: Path, job: ShardJob, settings: WriteSettings, fetch: Fetch
                 continue
             writer.write(outcome)
             samples += 1
-            images += sum(1 for k in outcome if k.endswith("jpg"))
+            images += sum(1 for k in outcome if k.endswith("jpg") or is_video_member(k))
         writer.close()
     except BaseException:  # interrupted (Ctrl-C) or failed: no half shard under the final name
         writer.abort()

@@ -141,11 +141,26 @@ class SCLModel(nn.Module):
         image = self.image_pooler(self.image_cls(out.image, frames))
         return torch.cat([text, image], dim=-1)
 
-    def itc_embeddings(self, text_tokens: Tensor, image: ImageEncoding) -> tuple[Tensor, Tensor]:
-        """Unimodal text tokens [B, L, Dt] and image encoding -> L2-normalised (t, v), each [B, itc_dim]."""
-        t = self.itc_text_proj(self.text_transform(text_tokens[:, 0]))
-        v = self.itc_image_proj(self.image_transform(image.global_feature))
-        return F.normalize(t, dim=-1), F.normalize(v, dim=-1)
+    def itc_embeddings(
+        self, text_tokens: Tensor, text_mask: Tensor, image: ImageEncoding
+    ) -> tuple[Tensor, Tensor]:
+        """Unimodal text tokens [B, L, Dt] (mask [B, L]) and image encoding -> L2-normalised (t, v),
+        each [B, itc_dim]."""
+        return self.itc_text(text_tokens, text_mask), self.itc_image(image)
+
+    def itc_text(self, text_tokens: Tensor, text_mask: Tensor) -> Tensor:
+        """[B, L, Dt], mask [B, L] (1 = real) -> unit-norm [B, itc_dim] from the class token or the
+        mean of the real tokens (`model.itc_text_pool`)."""
+        if self.config.itc_text_pool == "mean":
+            weights = text_mask.to(text_tokens.dtype)[..., None]
+            pooled = (text_tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = text_tokens[:, 0]
+        return F.normalize(self.itc_text_proj(self.text_transform(pooled)), dim=-1)
+
+    def itc_image(self, image: ImageEncoding) -> Tensor:
+        """Image encoding -> unit-norm [B, itc_dim] from the clip's global feature."""
+        return F.normalize(self.itc_image_proj(self.image_transform(image.global_feature)), dim=-1)
 
     def itm_logits(self, pooled: Tensor) -> Tensor:
         """[B, 2D] -> [B, 2]."""

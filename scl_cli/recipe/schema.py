@@ -31,6 +31,9 @@ class DataConfig(Section):
         True, description="Random resized crop for training (no flips: they break left/right)."
     )
     crop_min_scale: float = Field(0.5, gt=0, le=1, description="Smallest crop area share of the random crop.")
+    num_frames: int = Field(
+        4, ge=1, description="Frames sampled per video clip (one per equal segment); images are 1 frame."
+    )
 
     @field_validator("train", mode="before")
     @classmethod
@@ -122,6 +125,11 @@ class ModelConfig(Section):
     text: TextConfig = TextConfig()
     fusion: FusionConfig = FusionConfig()
     itc_dim: int = Field(512, ge=1, description="Output size of the ITC projections.")
+    itc_text_pool: Literal["cls", "mean"] = Field(
+        "cls",
+        description="Text feature for ITC: the class token (the paper) or the mean of the real tokens "
+        "(for encoders trained from scratch, whose class token carries almost no content for hundreds of steps).",
+    )
     tie_mlm_decoder: bool = Field(False, description="Share the MLM decoder with the word embeddings.")
 
 

@@ -8,7 +8,6 @@ same rankings as the evaluation of the same checkpoint.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from scl_cli.data.transforms import to_model_input
@@ -21,7 +20,7 @@ def image_features(model: SCLModel, images: Tensor, with_tokens: bool = True) ->
     fusion-space tokens [B, T * (1 + n), D] or None). A clip's feature comes from the mean of its
     frame class tokens (`ImageEncoding.global_feature`)."""
     enc = model.encode_image(to_model_input(images))
-    itc = F.normalize(model.itc_image_proj(model.image_transform(enc.global_feature)), dim=-1)
+    itc = model.itc_image(enc)
     return itc, (model.embed_image(enc) if with_tokens else None)
 
 
@@ -31,7 +30,7 @@ def text_features(
 ) -> tuple[Tensor, Tensor | None]:
     """ids, mask [B, L] -> (ITC features [B, E], unit length; fusion-space tokens [B, L, D] or None)."""
     tokens = model.encode_text(ids, mask)
-    itc = F.normalize(model.itc_text_proj(model.text_transform(tokens[:, 0])), dim=-1)
+    itc = model.itc_text(tokens, mask)
     return itc, (model.embed_text(tokens) if with_tokens else None)
 
 

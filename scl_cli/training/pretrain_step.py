@@ -37,6 +37,8 @@ class PretrainStep(nn.Module):
         self.spec = spec
         self.seed = seed
         self.draws = 0  # micro-batches run so far: the position in the random stream
+        # Set by the run when its data mixes images and clips: the logs then split the loss by media.
+        self.mixed_media = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Returns `total` (weighted sum, with gradient) and detached per-objective values:
@@ -59,4 +61,11 @@ class PretrainStep(nn.Module):
             logs[name] = loss.detach()
             logs.update({f"{name}/{key}": value for key, value in out.items()})
         logs["total"] = total
+        if self.mixed_media:
+            # Window sums of these, divided by the video share, give each media's mean loss
+            # (the trainer's `_flush`); present on every step so every rank logs the same keys.
+            video = float(batch["images"].shape[1] > 1)
+            logs["video_batches"] = torch.tensor(video, device=ctx.device)
+            logs["loss_video"] = total.detach() * video
+            logs["loss_image"] = total.detach() * (1.0 - video)
         return logs

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scl_cli.data.loader import build_pretrain_loader
+from scl_cli.data.loader import build_pretrain_loader, source_media
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.errors import UsageError
 from scl_cli.recipe import Recipe
@@ -62,7 +62,15 @@ def run_training(
     if frozen is None:
         # What the step never reaches (e.g. the temporal embedding for still images) is frozen, so
         # that DDP needs no unused-parameter search (see training.parallel).
-        frozen = freeze_unreachable(model, step_module.objectives, recipe.masking, step_module.spec)
+        media = source_media(recipe.data.root, datasets, split, group)
+        frames = recipe.data.num_frames if "video" in media else 1
+        if frames > model.config.vision.max_frames:
+            raise UsageError(
+                f"data.num_frames {frames} exceeds model.vision.max_frames {model.config.vision.max_frames} "
+                "(the temporal embedding's size) — lower one or raise the other"
+            )
+        frozen = freeze_unreachable(model, step_module.objectives, recipe.masking, step_module.spec, frames)
+        step_module.mixed_media = len(media) > 1
     else:
         for name in frozen:
             model.get_parameter(name).requires_grad_(False)
@@ -115,6 +123,7 @@ def run_training(
             pin_memory=runtime.device.type == "cuda",
             collate=collate,
             group=group,
+            num_frames=recipe.data.num_frames,
         )
         batches = iter(loader)
         if saved is not None:

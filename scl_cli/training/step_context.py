@@ -169,7 +169,7 @@ class StepContext:
     def itc(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit-norm ITC embeddings (text [B, E], image [B, E]) of the unmasked inputs."""
         if self._itc is None:
-            self._itc = self.model.itc_embeddings(self.text("full"), self.image("full"))
+            self._itc = self.model.itc_embeddings(self.text("full"), self.text_mask, self.image("full"))
         return self._itc
 
     # ------------------------------------------------------------------ fusion passes

@@ -229,6 +229,10 @@ class Trainer:
             window = dict(zip(keys, stacked.unbind(), strict=True))
         host = torch.stack([window[k] for k in keys]).tolist()
         values = {("loss" if k == "total" else k): v / steps for k, v in zip(keys, host, strict=True)}
+        if "video_batches" in values:  # a run mixing images and clips: per-media means
+            share = values["video_batches"]
+            values["loss_video"] = values["loss_video"] / share if share > 0 else float("nan")
+            values["loss_image"] = values["loss_image"] / (1 - share) if share < 1 else float("nan")
         group = self.optimizer.param_groups[0]
         values["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # the encoders' rate; others scale it
         values["samples_per_s"] = self.global_batch * steps / max(seconds, 1e-9)

@@ -265,7 +265,7 @@ def our_forward(model: SCLModel, images: Tensor, ids: Tensor, mask: Tensor) -> d
     text = model.encode_text(ids, mask)
     out = model.fuse(model.embed_text(text), mask, model.embed_image(enc))
     cls_feats = model.pooled(out, enc.frames)
-    itc_text, itc_image = model.itc_embeddings(text, enc)
+    itc_text, itc_image = model.itc_embeddings(text, mask, enc)
     return {
         "text": out.text,
         "image": out.image,

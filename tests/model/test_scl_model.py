@@ -50,7 +50,7 @@ def test_method_shapes(model: SCLModel, frames: int) -> None:
         text_emb, image_emb = model.embed_text(text), model.embed_image(enc)
         out = model.fuse(text_emb, mask, image_emb)
         pooled = model.pooled(out, enc.frames)
-        t, v = model.itc_embeddings(text, enc)
+        t, v = model.itc_embeddings(text, mask, enc)
         dropped = model.encode_image(images, keep_index=torch.tensor([[0, 3], [5, 15]]))
         masked = model.encode_image(images, token_mask=torch.rand(2, 16) < 0.3)
     s = frames * 17
@@ -91,11 +91,27 @@ def test_itc_embeddings_unit_norm_and_use_mean_frame_class(model: SCLModel) -> N
     text = torch.randn(2, 8, 32)
     clip = ImageEncoding(torch.randn(2, 2 * 17, 32), frames=2, tokens_per_frame=17)
     with torch.no_grad():
-        t, v = model.itc_embeddings(text, clip)
+        t, v = model.itc_embeddings(text, torch.ones(2, 8, dtype=torch.long), clip)
         expected = model.itc_image_proj(model.image_transform(clip.tokens[:, [0, 17]].mean(1)))
+        expected_text = model.itc_text_proj(model.text_transform(text[:, 0]))
     torch.testing.assert_close(t.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(v, torch.nn.functional.normalize(expected, dim=-1))
+    torch.testing.assert_close(t, torch.nn.functional.normalize(expected_text, dim=-1))
+
+
+def test_itc_text_mean_pool_averages_real_tokens_only() -> None:
+    torch.manual_seed(0)
+    model = SCLModel(tiny_config(itc_text_pool="mean"), vocab_size=50, pad_token_id=1).eval()
+    text = torch.randn(2, 6, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    padded = text.clone()
+    padded[0, 3:] = 1e3  # what padding positions hold must not matter
+    with torch.no_grad():
+        t = model.itc_text(padded, mask)
+        mean = torch.stack([text[0, :3].mean(0), text[1].mean(0)])
+        expected = torch.nn.functional.normalize(model.itc_text_proj(model.text_transform(mean)), dim=-1)
+    torch.testing.assert_close(t, expected)
 
 
 def test_param_groups(model: SCLModel) -> None:
@@ -180,7 +196,7 @@ def test_training_passes_need_no_host_sync() -> None:
     out = model.fuse(
         model.embed_text(text), mask, model.embed_image(masked), torch.empty(2, 34, device="meta")
     )
-    t, v = model.itc_embeddings(text, dropped)
+    t, v = model.itc_embeddings(text, mask, dropped)
     loss = model.itm_logits(model.pooled(out, 2)).sum() + model.mlm_logits(out.text).sum() + (t * v).sum()
     loss.backward()
     assert model.vision.mask_token.grad is not None
