@@ -119,7 +119,7 @@ def finetune(recipe: Recipe, ckpt: Path, resume: bool = False, reporter: Reporte
     elif task.name == "nlvr2":
         collate = NLVR2Batcher(loaded.tokenizer, transform, max_len)
     else:
-        collate = CaptionBatcher(loaded.tokenizer, transform, max_len)
+        collate = CaptionBatcher(loaded.tokenizer, transform, max_len, recipe.data.num_frames)
 
     config = checkpoint_config(recipe, model)
     config["model"] = model.config.model_dump(mode="json")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scl_cli.data.loader import load_sources
+from scl_cli.data.loader import load_sources, sample_pixels
 from scl_cli.data.shards import iter_tar_samples
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.data.transforms import ImageTransform
@@ -156,21 +156,23 @@ class NLVR2Batcher:
 # ----------------------------------------------------------------------------- retrieval
 @dataclass
 class CaptionBatcher:
-    """Training: one random caption per image (like pre-training). Evaluation: use `images_only`
-    and `captions_of` to embed every image once and every caption once."""
+    """Training: one random caption per image or clip (like pre-training). Evaluation: use
+    `images_only` to embed every image once; clips give `num_frames` frames each."""
 
     tokenizer: TextTokenizer
     transform: ImageTransform
     max_len: int
+    num_frames: int = 4
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         pixels, captions = [], []
         for sample, _, rng in items:
             options = sample_json(sample)["captions"]
             captions.append((rng or random.Random(0)).choice(options))
-            pixels.append(self.transform.from_bytes(image_bytes(sample), rng))
+            pixels.append(sample_pixels(sample, self.transform, rng, self.num_frames))
         ids, mask = self.tokenizer.encode(captions, self.max_len)
-        return {"images": torch.stack(pixels).unsqueeze(1), "text_ids": ids, "text_mask": mask}
+        return {"images": torch.stack(pixels), "text_ids": ids, "text_mask": mask}
 
     def images_only(self, samples: list[dict[str, Any]]) -> torch.Tensor:
-        return torch.stack([self.transform.from_bytes(image_bytes(s)) for s in samples]).unsqueeze(1)
+        """uint8 [B, T, 3, S, S]: T = 1 for images, num_frames for clips (middle frame of each segment)."""
+        return torch.stack([sample_pixels(s, self.transform, None, self.num_frames) for s in samples])
