@@ -36,7 +36,7 @@ R = TypeVar("R")
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Magic numbers of the formats PIL decodes that image hosts serve.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-_ACCEPTED_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+_ACCEPTED_TYPES = ("image/", "video/", "application/octet-stream", "binary/octet-stream")
 
 
 class FetchError(Exception):
@@ -61,7 +61,14 @@ class FetchSettings:
 
 
 def looks_like_image(data: bytes) -> bool:
-    return data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    """An image, or a video clip (WebVid-style URL lists point at MP4 files): MP4/MOV `ftyp`,
+    Matroska/WebM EBML, AVI."""
+    return (
+        data.startswith(_MAGIC)
+        or (data[:4] == b"RIFF" and data[8:12] in (b"WEBP", b"AVI "))
+        or data[4:8] == b"ftyp"
+        or data.startswith(b"\x1a\x45\xdf\xa3")
+    )
 
 
 class Fetcher:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from scl_cli.data.transforms import ImageTransform
+from scl_cli.data.video import VideoError, decode_clip
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 VIDEO_EXTS = ("mp4", "webm", "mov", "mkv", "avi")
@@ -92,7 +93,12 @@ def decode_media(data: bytes, ext: str, transform: ImageTransform, frames: int) 
         raise MediaError("empty file")
     ext = ext.lower()
     if ext in VIDEO_EXTS:
-        images = _video_frames(data, frames)
+        try:  # decord, the frames and crop training and `scl eval` use (middle frame of each segment)
+            return decode_clip(data, frames, transform)
+        except VideoError as err:
+            raise MediaError(err.reason.replace("_", " ")) from err
+        except ImportError:  # no decord wheel for this platform: PyAV, evenly spread frames
+            images = _video_frames(data, frames)
     else:
         try:
             image = Image.open(io.BytesIO(data))
