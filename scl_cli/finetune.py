@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from scl_cli.data.loader import source_media
 from scl_cli.data.task_batches import (
     CaptionBatcher,
     NLVR2Batcher,
@@ -42,13 +43,15 @@ TASK_HEADS = {"vqa": ("vqa_head.",), "nlvr2": ("nlvr2_head.",), "retrieval": ("r
 NEVER_TRAINED = ("vision.mask_token", "vision.temporal_embedding")
 
 
-def untrained_parameters(model, task: str) -> list[str]:
-    """Parameters a fine-tuning task never reaches: other tasks' heads and pre-training parts."""
+def untrained_parameters(model, task: str, video: bool = False) -> list[str]:
+    """Parameters a fine-tuning task never reaches: other tasks' heads and pre-training parts (the
+    temporal embedding too, unless the task's data are clips)."""
     keep = TASK_HEADS[task]
+    never = tuple(p for p in NEVER_TRAINED if not (video and p == "vision.temporal_embedding"))
     return [
         name
         for name, _ in model.named_parameters()
-        if name.startswith(NEVER_TRAINED) or (name.startswith(HEADS) and not name.startswith(keep))
+        if name.startswith(never) or (name.startswith(HEADS) and not name.startswith(keep))
     ]
 
 
@@ -121,6 +124,7 @@ def finetune(recipe: Recipe, ckpt: Path, resume: bool = False, reporter: Reporte
     else:
         collate = CaptionBatcher(loaded.tokenizer, transform, max_len, recipe.data.num_frames)
 
+    video = "video" in source_media(recipe.data.root, [task.dataset], task.train_split, task.group)
     config = checkpoint_config(recipe, model)
     config["model"] = model.config.model_dump(mode="json")
     config["task"] = task.model_dump(mode="json")
@@ -135,7 +139,7 @@ def finetune(recipe: Recipe, ckpt: Path, resume: bool = False, reporter: Reporte
             recipe, model, loaded.tokenizer, step, runtime, run_dir,
             resume_from=found if resume else None,
             datasets=[task.dataset], split=task.train_split, group=task.group,
-            collate=collate, frozen=untrained_parameters(model, task.name), config=config,
+            collate=collate, frozen=untrained_parameters(model, task.name, video), config=config,
             extra_files=extra, reporter=reporter,
         )  # fmt: skip
     report = None

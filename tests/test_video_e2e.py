@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from scl_cli.finetune import finetune
+from scl_cli.model.loading import load_model
 from scl_cli.recipe import load_recipe
 
 from .conftest import RECIPES, run_scl, tiny_overrides
@@ -32,6 +34,10 @@ def test_mixed_pretraining_then_video_retrieval(shapes_root, tmp_path):
                                   [f"{k}={v}" for k, v in sets.items()]), run)  # fmt: skip
     assert result.train.steps >= 1
     assert {"t2v_r1", "v2t_r1", "motion_itc", "motion_fusion"} <= set(result.evaluation.metrics)
+    # Clips: the temporal embedding is fine-tuned too (it is frozen only for image tasks).
+    before = load_model(run).model.vision.temporal_embedding
+    after = load_model(ft).model.vision.temporal_embedding
+    assert not torch.equal(before, after)
 
     out = tmp_path / "report.json"
     proc = run_scl("eval", "retrieval", "--ckpt", str(ft), "--data", f"{shapes_root / 'shapes'}:clips",

@@ -59,18 +59,18 @@ def run_training(
         saved = ckpt.training_state
         reporter.info(f"resuming from {resume_from} (step {ckpt.step})")
 
+    media = source_media(recipe.data.root, datasets, split, group)
+    frames = recipe.data.num_frames if "video" in media else 1
+    if frames > model.config.vision.max_frames:
+        raise UsageError(
+            f"data.num_frames {frames} exceeds model.vision.max_frames {model.config.vision.max_frames} "
+            "(the temporal embedding's size) — lower one or raise the other"
+        )
+    step_module.mixed_media = model.vision.images_share_steps_with_clips = len(media) > 1
     if frozen is None:
         # What the step never reaches (e.g. the temporal embedding for still images) is frozen, so
         # that DDP needs no unused-parameter search (see training.parallel).
-        media = source_media(recipe.data.root, datasets, split, group)
-        frames = recipe.data.num_frames if "video" in media else 1
-        if frames > model.config.vision.max_frames:
-            raise UsageError(
-                f"data.num_frames {frames} exceeds model.vision.max_frames {model.config.vision.max_frames} "
-                "(the temporal embedding's size) — lower one or raise the other"
-            )
         frozen = freeze_unreachable(model, step_module.objectives, recipe.masking, step_module.spec, frames)
-        step_module.mixed_media = len(media) > 1
     else:
         for name in frozen:
             model.get_parameter(name).requires_grad_(False)

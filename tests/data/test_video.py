@@ -103,8 +103,17 @@ def test_shapes_clip_caption_needs_the_motion() -> None:
 
 def test_temporal_embedding_gets_a_zero_gradient_on_image_steps() -> None:
     enc = VisionEncoder(VisionConfig(image_size=16, patch_size=8, width=16, layers=1, heads=2))
-    enc(torch.randn(2, 1, 3, 16, 16)).tokens.sum().backward()
+    images = torch.randn(2, 1, 3, 16, 16)
+    enc(images).tokens.sum().backward()
+    assert enc.temporal_embedding.grad is None  # image-only runs: unreachable, so it is frozen
+    enc.images_share_steps_with_clips = True  # a run mixing image and clip steps
+    with torch.no_grad():
+        before = enc(images).tokens
+    enc(images).tokens.sum().backward()
     assert enc.temporal_embedding.grad is not None and torch.count_nonzero(enc.temporal_embedding.grad) == 0
+    with torch.no_grad():
+        enc.temporal_embedding.normal_()
+        assert torch.equal(enc(images).tokens, before)  # an exact zero: image outputs never change
 
 
 @pytest.mark.slow
