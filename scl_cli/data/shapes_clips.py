@@ -68,7 +68,7 @@ def render_clip(
         # Position along the line in grid cells, from cell 0 to cell 2 (or back), centre to centre.
         t = f / (frames - 1)
         along = 2 * t if (dx + dy) > 0 else 2 * (1 - t)
-        cell, offset = min(int(along + 0.5), 2), 0.0
+        cell = min(int(along + 0.5), 2)
         offset = (along - cell) / 0.5  # share of the free room; render_scene scales it down
         moved = ShapeObject(mover.shape, mover.color, mover.size,
                             cell if dy else mover.row, cell if dx else mover.col)  # fmt: skip

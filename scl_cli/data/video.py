@@ -19,12 +19,12 @@ from PIL import Image
 
 from scl_cli.data.transforms import ImageTransform, center_square_box, random_resized_crop_box
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+VIDEO_EXTENSIONS = ("mp4", "avi", "mkv", "webm", "mov", "m4v")  # file suffixes and shard member names
 
 
 def is_video_member(name: str) -> bool:
     """Whether a shard member name ("mp4", "clip.mp4", "jpg", ...) holds a video clip."""
-    return name.rsplit(".", 1)[-1].lower() in {e.lstrip(".") for e in VIDEO_EXTENSIONS}
+    return name.rsplit(".", 1)[-1].lower() in VIDEO_EXTENSIONS
 
 
 class VideoError(ValueError):
@@ -35,35 +35,34 @@ class VideoError(ValueError):
         self.reason = reason
 
 
+def _unreadable(err: Exception) -> VideoError:
+    first_line = str(err).splitlines()[0][:200] if str(err) else ""
+    return VideoError("unreadable_video", first_line)
+
+
 def _reader(data: bytes):
+    """A decord reader over the bytes; `VideoError` for no bytes, bytes it cannot open or no frames."""
     import decord  # imported late: it loads FFmpeg, which image-only runs never need
 
-    try:
-        return decord.VideoReader(io.BytesIO(data), num_threads=1)
-    except Exception as err:  # decord raises its own DECORDError or RuntimeError for bad bytes
-        raise VideoError("unreadable_video", str(err).splitlines()[0][:200] if str(err) else "") from err
-
-
-def frame_count(data: bytes) -> int:
-    """Frames in an encoded clip; `VideoError` for bytes decord cannot open or a clip without frames."""
     if not data:
         raise VideoError("empty_video", "0 bytes")
-    count = len(_reader(data))
-    if count < 1:
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+    except Exception as err:  # decord raises its own DECORDError or RuntimeError for bad bytes
+        raise _unreadable(err) from err
+    if len(reader) < 1:
         raise VideoError("empty_video", "no frames")
-    return count
+    return reader
 
 
 def check_video(data: bytes) -> bytes:
     """The clip's bytes unchanged when decord reads at least its first and last frames (what
     `scl prepare` stores for a video); `VideoError` otherwise."""
-    reader = _reader(data) if data else None
-    if reader is None or len(reader) < 1:
-        raise VideoError("empty_video", "no frames")
+    reader = _reader(data)
     try:
         reader.get_batch([0, len(reader) - 1])
     except Exception as err:
-        raise VideoError("unreadable_video", str(err).splitlines()[0][:200] if str(err) else "") from err
+        raise _unreadable(err) from err
     return data
 
 
@@ -89,8 +88,6 @@ def decode_clip(
     training, the centre square at evaluation) so motion is not confused with camera jitter."""
     reader = _reader(data)
     total = len(reader)
-    if total < 1:
-        raise VideoError("empty_video", "no frames")
     index = segment_frames(total, num_frames, rng if transform.augment else None)
     frames = reader.get_batch(index).asnumpy()  # [T, H, W, 3] uint8
     height, width = frames.shape[1:3]
@@ -105,7 +102,3 @@ def decode_clip(
     ]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
-
-def image_as_clip(pixels: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """uint8 [3, S, S] -> [num_frames, 3, S, S]: a still image seen as a clip (its frames repeated)."""
-    return pixels.unsqueeze(0).expand(num_frames, *pixels.shape).contiguous()

@@ -13,27 +13,14 @@ from collections.abc import Iterable
 
 VOCAB_SIZE = 3129
 
-# The official tables live once, with the metric that defines them.
-from scl_cli.metrics.vqa import ARTICLES, CONTRACTIONS, PUNCTUATION  # noqa: E402
-from scl_cli.metrics.vqa import COMMA_STRIP as _COMMA_STRIP  # noqa: E402
-from scl_cli.metrics.vqa import MANUAL_MAP as NUMBERS  # noqa: E402
-from scl_cli.metrics.vqa import PERIOD_STRIP as _PERIOD_STRIP  # noqa: E402
+# The official processing lives once, with the metric that defines it.
+from scl_cli.metrics.vqa import process_digit_article, process_punctuation  # noqa: E402
 
 
 def normalize_answer(answer: str) -> str:
-    """The official VQA answer processing (e.g. "Two dogs!" -> "2 dogs", "the Net" -> "net")."""
-    text = answer
-    digit_comma = _COMMA_STRIP.search(answer) is not None
-    for p in PUNCTUATION:
-        if p + " " in answer or " " + p in answer or digit_comma:
-            text = text.replace(p, "")
-        else:
-            text = text.replace(p, " ")
-    # The reference passes re.UNICODE (32) as `count`: only the first 32 periods are stripped.
-    text = _PERIOD_STRIP.sub("", text, count=32)
-    words = [NUMBERS.get(w, w) for w in text.lower().split()]
-    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
-    return " ".join(words).replace(",", "")
+    """The official VQA answer processing (e.g. "Two dogs!" -> "2 dogs", "the Net" -> "net"), then
+    commas removed as ViLT's vocabulary does."""
+    return process_digit_article(process_punctuation(answer)).replace(",", "")
 
 
 def build_vocabulary(answers: Iterable[str], size: int = VOCAB_SIZE) -> list[str]:

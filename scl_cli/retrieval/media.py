@@ -20,10 +20,10 @@ import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from scl_cli.data.transforms import ImageTransform
-from scl_cli.data.video import VideoError, decode_clip
+from scl_cli.data.video import VIDEO_EXTENSIONS, VideoError, decode_clip
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
-VIDEO_EXTS = ("mp4", "webm", "mov", "mkv", "avi")
+VIDEO_EXTS = VIDEO_EXTENSIONS
 MEDIA_EXTS = IMAGE_EXTS + VIDEO_EXTS
 SHARD_MEDIA_KEYS = MEDIA_EXTS
 

@@ -23,7 +23,7 @@ VIDEO_INFO: dict[str, Any] = {"media": {"splits": "video"}}  # manifest.json: ev
 def clip_stem(name: str) -> str | None:
     """`name` without its video extension, or None for a file that is not a clip."""
     stem, dot, ext = name.rpartition(".")
-    return stem if dot and f".{ext.lower()}" in VIDEO_EXTENSIONS else None
+    return stem if dot and ext.lower() in VIDEO_EXTENSIONS else None
 
 
 def index_clips(dirs: Iterable[Path], recursive: bool) -> dict[str, tuple[Path, str]]:
