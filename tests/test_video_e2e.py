@@ -29,7 +29,9 @@ def test_mixed_pretraining_then_video_retrieval(shapes_root, tmp_path):
     ft = tmp_path / "ft"
     sets = {"data.root": f'"{shapes_root}"', "output.dir": f'"{ft}"', "optim.batch_size": 4, "task.epochs": 0.2,
             "log.every": 1, "log.tensorboard": "false", "data.num_workers": 0, "data.num_frames": 2,
-            "task.rerank": 2}  # fmt: skip
+            "task.rerank": 2,
+            # the time-reversed negatives ride along, so the option runs through a real fine-tune
+            "objectives.itc.reversed_clips": "true", "objectives.rank.reversed_clips": "true"}  # fmt: skip
     result = finetune(load_recipe(RECIPES / "finetune" / "shapes_video_retrieval.toml",
                                   [f"{k}={v}" for k, v in sets.items()]), run)  # fmt: skip
     assert result.train.steps >= 1

@@ -1,26 +1,45 @@
-"""Image-text contrastive loss on the unimodal class tokens, learnable temperature (init 0.07)."""
+"""Image-text contrastive loss on the unimodal class tokens, learnable temperature (init 0.07).
+
+`reversed_clips = true` (an scl option, not in the paper) adds, on clip batches, every clip played
+backwards as a negative for the captions: in-batch negatives almost never differ from the right
+clip only in the order of its frames, so without them nothing teaches the direction of motion
+("Test of Time", Bagad et al., CVPR 2023, trains with the same time-reversed negatives).
+"""
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
 from scl_cli.objectives.contrastive import symmetric_contrastive_loss
-from scl_cli.objectives.registry import Objective, register
+from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
 from scl_cli.training.step_context import StepContext
 
 # Keeps a learned temperature from collapsing to zero (open_clip clamps its logit scale likewise).
 MIN_TEMPERATURE = 1e-3
 
 
+class ITCSettings(ObjectiveSettings):
+    reversed_clips: bool = Field(
+        False,
+        description="On clip batches, each clip played backwards is one more negative for the captions.",
+    )
+
+
 @register
 class ITC(Objective):
     name = "itc"
     default_weight = 0.5
+    Settings = ITCSettings
+    settings: ITCSettings
 
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         text, image = ctx.itc()
         temperature = ctx.model.itc_temperature.clamp(min=MIN_TEMPERATURE)
+        reversed_clips = None
+        if self.settings.reversed_clips and ctx.frames > 1:
+            reversed_clips = ctx.model.itc_image(ctx.image("reversed"))
         return {
-            "loss": symmetric_contrastive_loss(text, image, temperature),
+            "loss": symmetric_contrastive_loss(text, image, temperature, extra_b=reversed_clips),
             "temperature": temperature.detach(),
         }

@@ -2,6 +2,8 @@
 negative captions with the fusion rank head; cross-entropy puts the true caption first.
 
 Negatives are other captions of the batch (their encodings are already there), drawn at random.
+With `reversed_clips = true` a clip batch adds one more wrong pair per row: the clip played
+backwards with its own caption (see objectives.itc).
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from scl_cli.training.step_context import StepContext
 
 class RankSettings(ObjectiveSettings):
     negatives: int = Field(15, ge=1, description="Negative captions per image (at most batch - 1).")
+    reversed_clips: bool = Field(
+        False,
+        description="On clip batches, also rank each clip played backwards with its caption below the pair.",
+    )
 
 
 def sample_negative_texts(batch: int, count: int, device: torch.device) -> torch.Tensor:
@@ -27,10 +33,12 @@ def sample_negative_texts(batch: int, count: int, device: torch.device) -> torch
     return noise.argsort(dim=1)[:, :count]
 
 
-def rank_scores(ctx: StepContext, image_index: torch.Tensor, text_index: torch.Tensor) -> torch.Tensor:
+def rank_scores(
+    ctx: StepContext, image_index: torch.Tensor, text_index: torch.Tensor, variant: str = "full"
+) -> torch.Tensor:
     """Rank-head score of each (image, text) index pair of the batch: [P]."""
     model = ctx.model
-    images = model.embed_image(ctx.image("full")).index_select(0, image_index)
+    images = model.embed_image(ctx.image(variant)).index_select(0, image_index)
     texts = model.embed_text(ctx.text("full")).index_select(0, text_index)
     out = model.fuse(texts, ctx.text_mask.index_select(0, text_index), images)
     return model.rank_head(model.pooled(out, ctx.frames)).squeeze(-1)
@@ -60,6 +68,10 @@ class Rank(Objective):
         )  # [B, 1 + count]; column 0 is the true caption
         image_index = torch.arange(B, device=device).repeat_interleave(1 + count)
         scores = at_least_fp32(rank_scores(ctx, image_index, candidates.flatten()).view(B, 1 + count))
+        if self.settings.reversed_clips and ctx.frames > 1:
+            rows = torch.arange(B, device=device)
+            backwards = at_least_fp32(rank_scores(ctx, rows, rows, variant="reversed"))
+            scores = torch.cat([scores, backwards[:, None]], dim=1)
         target = torch.zeros(B, dtype=torch.long, device=device)
         accuracy = (scores.argmax(dim=1) == 0).to(torch.float32).mean()
         return {"loss": F.cross_entropy(scores, target), "accuracy": accuracy.detach()}

@@ -9,7 +9,8 @@ and one call batching every full-length pass) — against about five full ViT pa
 the paper's code.
 
 Variants:
-- image: "full", "drop" (MAE-style dropping, global SCL), "masktok" (mask tokens, local SCL)
+- image: "full", "drop" (MAE-style dropping, global SCL), "masktok" (mask tokens, local SCL),
+  "reversed" (clips with their frames in reverse order: negatives that differ only in time)
 - text: "full", "mlm" (15% whole-word BERT masking), "scl" (40% <mask>, global/local SCL)
 """
 
@@ -137,6 +138,8 @@ class StepContext:
                 enc = self.model.encode_image(self.images, keep_index=self.patch_drop.keep_index)
             elif variant == "masktok":
                 enc = self.model.encode_image(self.images, token_mask=self.patch_mask.mask)
+            elif variant == "reversed":
+                enc = self.model.encode_image(self.images.flip(1))
             else:
                 raise KeyError(f"unknown image variant {variant!r}")
             self._images[variant] = enc

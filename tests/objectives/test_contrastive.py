@@ -50,3 +50,19 @@ def test_detached_targets_carry_no_gradient():
     symmetric_contrastive_loss(a, target.detach(), 0.03).backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
     assert target.grad is None
+
+
+def test_extra_candidates_are_negatives_of_the_first_side_only():
+    a, b, extra = unit(4, 8, 8), unit(4, 8, 9), unit(4, 8, 10)
+    t, n = 0.1, 4
+    got = symmetric_contrastive_loss(a, b, t, extra_b=extra)
+    S = [[float(a[i] @ c) / t for c in torch.cat([b, extra])] for i in range(n)]
+    row = sum(-(S[i][i] - math.log(sum(math.exp(x) for x in S[i]))) for i in range(n)) / n
+    Sb = [[float(b[j] @ a[k]) / t for k in range(n)] for j in range(n)]
+    col = sum(-(Sb[j][j] - math.log(sum(math.exp(x) for x in Sb[j]))) for j in range(n)) / n
+    assert abs(float(got) - (row + col)) < 1e-9
+    valid = torch.tensor([True, False, True, True])
+    masked = symmetric_contrastive_loss(a, b, t, valid=valid, extra_b=extra)
+    keep = valid.nonzero().flatten()
+    subset = symmetric_contrastive_loss(a[keep], b[keep], t, extra_b=extra[keep])
+    assert abs(float(masked) - float(subset)) < 1e-9

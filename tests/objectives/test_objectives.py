@@ -96,6 +96,24 @@ def test_itc():
     assert abs(float(got) - reference(t, v, 0.07)) < 1e-9
 
 
+def test_itc_reversed_clips_are_extra_negatives_of_the_captions_on_clips_only():
+    from .test_contrastive import unit as unit64
+
+    backwards = unit64(4, 3, 11)
+    for frames in (1, 4):
+        ctx = FakeContext(frames=frames)
+        ctx.image = lambda variant: variant
+        ctx.model.itc_image = lambda enc: backwards if enc == "reversed" else None
+        got = objective("itc", reversed_clips=True).loss(ctx)["loss"]
+        t, v = ctx.itc()
+        if frames == 1:
+            want = reference(t, v, 0.07)
+        else:
+            want = float(F.cross_entropy(t @ torch.cat([v, backwards]).t() / 0.07, torch.arange(4)))
+            want += float(F.cross_entropy(v @ t.t() / 0.07, torch.arange(4)))
+        assert abs(float(got) - want) < 1e-9
+
+
 def test_itm_half_negatives_and_cross_entropy():
     torch.manual_seed(0)
     ctx = FakeContext(B=6)

@@ -54,6 +54,26 @@ def test_rank_puts_the_true_caption_first(monkeypatch):
     assert abs(float(got["loss"]) - want / B) < 1e-12
 
 
+def test_rank_reversed_clips_add_the_backwards_clip_with_its_caption(monkeypatch):
+    B, negatives = 4, 2
+    table = torch.randn(B, B, dtype=torch.float64)
+    backwards = torch.randn(B, B, dtype=torch.float64)  # score of (clip i played backwards, text j)
+    monkeypatch.setattr(
+        rank_module, "rank_scores",
+        lambda ctx, img, txt, variant="full": (backwards if variant == "reversed" else table)[img, txt],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ctx = SimpleNamespace(batch_size=B, device=torch.device("cpu"), frames=4)
+    got = objective("rank", negatives=negatives, reversed_clips=True).loss(ctx)
+    torch.manual_seed(0)
+    chosen = sample_negative_texts(B, negatives, torch.device("cpu"))
+    want = 0.0
+    for i in range(B):
+        row = torch.cat([table[i, i : i + 1], table[i, chosen[i]], backwards[i, i : i + 1]])
+        want += float(-torch.log_softmax(row, 0)[0])
+    assert abs(float(got["loss"]) - want / B) < 1e-12
+
+
 def test_negative_captions_are_distinct_and_never_the_positive():
     torch.manual_seed(0)
     idx = sample_negative_texts(16, 15, torch.device("cpu"))

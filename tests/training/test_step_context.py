@@ -121,6 +121,22 @@ def test_video_batches_run_every_objective():
     assert torch.isfinite(out["total"])
 
 
+def test_reversed_variant_is_the_clip_played_backwards_and_costs_one_more_vision_pass(monkeypatch):
+    from scl_cli.training.step_context import StepContext
+
+    model = tiny_model().eval()
+    with torch.no_grad():
+        model.vision.temporal_embedding.normal_()  # frame order must matter for the check to mean much
+    batch = make_batch(frames=3)
+    ctx = StepContext(model, batch, MaskingConfig(), SPEC)
+    want = model.encode_image(batch["images"].flip(1)).tokens
+    assert torch.allclose(ctx.image("reversed").tokens, want)
+    assert not torch.allclose(ctx.image("full").tokens, want)
+    calls = count_calls(monkeypatch, model)
+    step(model, {"itc": {"reversed_clips": True}})(make_batch(frames=3))
+    assert len(calls["vision"]) == 2 and len(calls["text"]) == 1
+
+
 def test_fusion_request_conflict_is_an_error():
     from scl_cli.training.step_context import StepContext
 
