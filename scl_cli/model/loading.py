@@ -1,7 +1,8 @@
 """Build an `SCLModel` from any checkpoint `--ckpt` names, for fine-tuning or evaluation.
 
 The architecture comes from the checkpoint; a fine-tuning recipe may change only what does not
-change the weights' shapes (image size, by interpolating the position grid; dropout). Heads that
+change the weights' shapes (image size, by interpolating the position grid; dropout; attention
+across frames, which has no weights of its own). Heads that
 the checkpoint holds (VQA, NLVR2, rank) are rebuilt; heads a fine-tuning objective adds and the
 checkpoint lacks are reported as new. Any other missing or unexpected key is an error naming it.
 """
@@ -24,7 +25,7 @@ from scl_cli.recipe.schema import ModelConfig
 
 # Recipe fields a fine-tuning run may set differently from the checkpoint.
 ADJUSTABLE = {("vision", "image_size"), ("fusion", "dropout"), ("init",), ("vision", "weights"),
-              ("text", "weights"), ("text", "tokenizer")}  # fmt: skip
+              ("text", "weights"), ("text", "tokenizer"), ("vision", "temporal_attention")}  # fmt: skip
 
 
 @dataclass

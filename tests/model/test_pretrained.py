@@ -304,3 +304,14 @@ def test_base_recipe_runs_with_local_copies(
     assert result.steps == 1 and result.last_loss is not None
     config = json.loads((result.last_checkpoint / "config.json").read_text())
     assert config["model"]["vision"]["weights"] == str(clip_file)
+
+
+def test_fine_tuning_may_switch_on_attention_across_frames_but_not_change_shapes():
+    from scl_cli.model.loading import merge_model_config
+    from scl_cli.recipe.schema import ModelConfig, VisionConfig
+
+    saved = ModelConfig(vision=VisionConfig(width=64, layers=2, heads=2))
+    merged = merge_model_config(saved, ModelConfig(vision=VisionConfig(temporal_attention=True)), "ckpt")
+    assert merged.vision.temporal_attention and merged.vision.width == 64
+    with pytest.raises(CheckpointError, match=r"model\.vision\.width = 32 \(checkpoint: 64\)"):
+        merge_model_config(saved, ModelConfig(vision=VisionConfig(width=32, heads=2)), "ckpt")
