@@ -109,6 +109,26 @@ def _numpy_rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "little"))
 
 
+def _replay_blocks(
+    block: Callable[[int], np.ndarray], size: int, start: int, n_sources: int
+) -> tuple[Iterator[int], list[int]]:
+    """Data-set choices drawn `size` at a time by `block(b)` (a pure function of b), from slot
+    position `start` on, and how many each data set gave before `start` (to resume its reader)."""
+    first_block, within = divmod(start, size)
+    consumed = np.zeros(n_sources, dtype=np.int64)
+    for b in range(first_block):
+        consumed += np.bincount(block(b), minlength=n_sources)
+    consumed += np.bincount(block(first_block)[:within], minlength=n_sources)
+
+    def choices() -> Iterator[int]:
+        b, skip = first_block, within
+        while True:
+            yield from block(b)[skip:].tolist()
+            b, skip = b + 1, 0
+
+    return choices(), consumed.tolist()
+
+
 class _SlotReader:
     """Endless raw samples of one data set for one (rank, worker) slot, resumable at any count."""
 
@@ -232,56 +252,31 @@ class PretrainStream(IterableDataset):
         if n_sources == 1:
             return iter(lambda: 0, None), [start]
         if len({src.media for src in self.sources}) > 1:
-            return self._media_blocked_choices(worker, start)
+            return _replay_blocks(self._media_block(worker), self.batch_size, start, n_sources)
 
         def block(b: int) -> np.ndarray:
             rng = _numpy_rng("scl-mix", self.seed, self.rank, worker, b)
             return rng.choice(n_sources, size=_MIX_BLOCK, p=self.probabilities)
 
-        consumed = np.zeros(n_sources, dtype=np.int64)
-        first_block, within = divmod(start, _MIX_BLOCK)
-        for b in range(first_block):
-            consumed += np.bincount(block(b), minlength=n_sources)
-        consumed += np.bincount(block(first_block)[:within], minlength=n_sources)
+        return _replay_blocks(block, _MIX_BLOCK, start, n_sources)
 
-        def choices() -> Iterator[int]:
-            b, skip = first_block, within
-            while True:
-                yield from block(b)[skip:].tolist()
-                b, skip = b + 1, 0
-
-        return choices(), consumed.tolist()
-
-    def _media_blocked_choices(self, worker: int, start: int) -> tuple[Iterator[int], list[int]]:
-        """Like `_dataset_choices`, but one media kind per batch: batch b of this slot draws its kind,
-        then a data set of that kind per sample, from generators seeded by (seed, worker, b)."""
+    def _media_block(self, worker: int) -> Callable[[int], np.ndarray]:
+        """Data sets of batch b of this slot, one media kind per batch: the batch draws its kind, then
+        a data set of that kind per sample, from a generator seeded by (seed, worker, b)."""
         kinds = sorted({src.media for src in self.sources})
-        members = {k: [i for i, src in enumerate(self.sources) if src.media == k] for k in kinds}
+        members = {k: np.array([i for i, src in enumerate(self.sources) if src.media == k]) for k in kinds}
         kind_p = np.array([sum(self.weights[i] for i in members[k]) for k in kinds])
         kind_p = kind_p / kind_p.sum()
 
-        def batch(b: int) -> list[int]:
+        def batch(b: int) -> np.ndarray:
             # Not seeded by rank: every process draws the same media at the same step, so DDP
             # never pairs an image step with a clip step.
             rng = _numpy_rng("scl-media", self.seed, worker, b)
             kind = kinds[int(rng.choice(len(kinds), p=kind_p))]
             weights = np.array([self.weights[i] for i in members[kind]])
-            picks = rng.choice(len(weights), size=self.batch_size, p=weights / weights.sum())
-            return [members[kind][int(j)] for j in picks]
+            return members[kind][rng.choice(len(weights), size=self.batch_size, p=weights / weights.sum())]
 
-        first_batch, within = divmod(start, self.batch_size)
-        consumed = np.zeros(len(self.sources), dtype=np.int64)
-        for b in range(first_batch):
-            consumed += np.bincount(batch(b), minlength=len(self.sources))
-        consumed += np.bincount(batch(first_batch)[:within], minlength=len(self.sources))
-
-        def choices() -> Iterator[int]:
-            b, skip = first_batch, within
-            while True:
-                yield from batch(b)[skip:]
-                b, skip = b + 1, 0
-
-        return choices(), consumed.tolist()
+        return batch
 
     def _samples(self, worker: int, start: int) -> Iterator[tuple[dict[str, Any], int, random.Random]]:
         """(raw sample, global index, the sample's own generator) for slot positions `start`, `start`+1, ..."""

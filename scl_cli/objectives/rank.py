@@ -34,12 +34,23 @@ def sample_negative_texts(batch: int, count: int, device: torch.device) -> torch
 
 
 def rank_scores(
-    ctx: StepContext, image_index: torch.Tensor, text_index: torch.Tensor, variant: str = "full"
+    ctx: StepContext,
+    image_index: torch.Tensor,
+    text_index: torch.Tensor,
+    variants: tuple[str, ...] = ("full",),
 ) -> torch.Tensor:
-    """Rank-head score of each (image, text) index pair of the batch: [P]."""
+    """Rank-head score of each (image, text) index pair of the batch, in one fusion pass: [P].
+
+    `image_index` counts through the image variants in order: with ("full", "reversed"), B + i is
+    clip i played backwards. Projections come from the step's cache, shared with ITM."""
     model = ctx.model
-    images = model.embed_image(ctx.image(variant)).index_select(0, image_index)
-    texts = model.embed_text(ctx.text("full")).index_select(0, text_index)
+    bank = (
+        torch.cat([ctx.image_embeds(v) for v in variants])
+        if len(variants) > 1
+        else ctx.image_embeds(variants[0])
+    )
+    images = bank.index_select(0, image_index)
+    texts = ctx.text_embeds("full").index_select(0, text_index)
     out = model.fuse(texts, ctx.text_mask.index_select(0, text_index), images)
     return model.rank_head(model.pooled(out, ctx.frames)).squeeze(-1)
 
@@ -67,11 +78,17 @@ class Rank(Objective):
             [torch.arange(B, device=device)[:, None], sample_negative_texts(B, count, device)], dim=1
         )  # [B, 1 + count]; column 0 is the true caption
         image_index = torch.arange(B, device=device).repeat_interleave(1 + count)
-        scores = at_least_fp32(rank_scores(ctx, image_index, candidates.flatten()).view(B, 1 + count))
+        text_index = candidates.flatten()
+        variants: tuple[str, ...] = ("full",)
         if self.settings.reversed_clips and ctx.frames > 1:
+            # one more wrong pair per row, scored in the same pass: clip i backwards (B + i), caption i
             rows = torch.arange(B, device=device)
-            backwards = at_least_fp32(rank_scores(ctx, rows, rows, variant="reversed"))
-            scores = torch.cat([scores, backwards[:, None]], dim=1)
+            image_index, text_index = torch.cat([image_index, B + rows]), torch.cat([text_index, rows])
+            variants = ("full", "reversed")
+        flat = at_least_fp32(rank_scores(ctx, image_index, text_index, variants))
+        scores = flat[: B * (1 + count)].view(B, 1 + count)
+        if len(variants) > 1:
+            scores = torch.cat([scores, flat[B * (1 + count) :, None]], dim=1)
         target = torch.zeros(B, dtype=torch.long, device=device)
         accuracy = (scores.argmax(dim=1) == 0).to(torch.float32).mean()
         return {"loss": F.cross_entropy(scores, target), "accuracy": accuracy.detach()}

@@ -23,8 +23,7 @@ from scl_cli.data.transforms import ImageTransform
 from scl_cli.data.video import VIDEO_EXTENSIONS, VideoError, decode_clip
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
-VIDEO_EXTS = VIDEO_EXTENSIONS
-MEDIA_EXTS = IMAGE_EXTS + VIDEO_EXTS
+MEDIA_EXTS = IMAGE_EXTS + VIDEO_EXTENSIONS
 SHARD_MEDIA_KEYS = MEDIA_EXTS
 
 
@@ -92,7 +91,7 @@ def decode_media(data: bytes, ext: str, transform: ImageTransform, frames: int) 
     if not data:
         raise MediaError("empty file")
     ext = ext.lower()
-    if ext in VIDEO_EXTS:
+    if ext in VIDEO_EXTENSIONS:
         try:  # decord, the frames and crop training and `scl eval` use (middle frame of each segment)
             return decode_clip(data, frames, transform)
         except VideoError as err:

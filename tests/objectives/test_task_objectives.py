@@ -41,7 +41,7 @@ def test_nlvr2_is_cross_entropy_over_true_false(monkeypatch):
 def test_rank_puts_the_true_caption_first(monkeypatch):
     B, negatives = 5, 3
     table = torch.randn(B, B, dtype=torch.float64)  # score of (image i, text j)
-    monkeypatch.setattr(rank_module, "rank_scores", lambda ctx, img, txt: table[img, txt])
+    monkeypatch.setattr(rank_module, "rank_scores", lambda ctx, img, txt, variants=("full",): table[img, txt])
     torch.manual_seed(0)
     ctx = SimpleNamespace(batch_size=B, device=torch.device("cpu"))
     got = objective("rank", negatives=negatives).loss(ctx)
@@ -58,10 +58,14 @@ def test_rank_reversed_clips_add_the_backwards_clip_with_its_caption(monkeypatch
     B, negatives = 4, 2
     table = torch.randn(B, B, dtype=torch.float64)
     backwards = torch.randn(B, B, dtype=torch.float64)  # score of (clip i played backwards, text j)
-    monkeypatch.setattr(
-        rank_module, "rank_scores",
-        lambda ctx, img, txt, variant="full": (backwards if variant == "reversed" else table)[img, txt],
-    )  # fmt: skip
+    bank = torch.cat([table, backwards])  # rows B + i: clip i played backwards
+    calls = []
+
+    def scores(ctx, img, txt, variants=("full",)):
+        calls.append(variants)
+        return bank[img, txt]
+
+    monkeypatch.setattr(rank_module, "rank_scores", scores)
     torch.manual_seed(0)
     ctx = SimpleNamespace(batch_size=B, device=torch.device("cpu"), frames=4)
     got = objective("rank", negatives=negatives, reversed_clips=True).loss(ctx)
@@ -72,6 +76,7 @@ def test_rank_reversed_clips_add_the_backwards_clip_with_its_caption(monkeypatch
         row = torch.cat([table[i, i : i + 1], table[i, chosen[i]], backwards[i, i : i + 1]])
         want += float(-torch.log_softmax(row, 0)[0])
     assert abs(float(got["loss"]) - want / B) < 1e-12
+    assert calls == [("full", "reversed")]  # every pair in one fusion pass
 
 
 def test_negative_captions_are_distinct_and_never_the_positive():

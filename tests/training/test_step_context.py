@@ -144,3 +144,20 @@ def test_fusion_request_conflict_is_an_error():
     ctx.request_fusion("x", "full", "full")
     with pytest.raises(ValueError, match="requested twice"):
         ctx.request_fusion("x", "mlm", "full")
+
+
+def test_rank_scores_of_two_image_variants_in_one_pass_equal_each_alone():
+    from scl_cli.model.task_heads import add_rank_head
+    from scl_cli.objectives.rank import rank_scores
+    from scl_cli.training.step_context import StepContext
+
+    model = tiny_model().eval()
+    add_rank_head(model)
+    with torch.no_grad():
+        model.vision.temporal_embedding.normal_()
+        ctx = StepContext(model, make_batch(frames=3), MaskingConfig(), SPEC)
+        rows = torch.arange(B)
+        both = rank_scores(ctx, torch.cat([rows, B + rows]), torch.cat([rows, rows]), ("full", "reversed"))
+        assert torch.allclose(both[:B], rank_scores(ctx, rows, rows), atol=1e-5)
+        assert torch.allclose(both[B:], rank_scores(ctx, rows, rows, ("reversed",)), atol=1e-5)
+        assert not torch.allclose(both[:B], both[B:])
