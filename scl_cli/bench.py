@@ -53,6 +53,7 @@ class BenchReport:
     data: str = "synthetic"  # "synthetic" (one batch, reused) or "loader" (the recipe's data)
     data_wait_fraction: float | None = None  # share of the timed wall time blocked in next(loader)
     peak_tflops: float | None = None
+    gpu_busy_fraction: float | None = None  # kernel time / wall time of the profiled steps (--profile)
 
     def rows(self) -> list[list[str]]:
         def maybe(value, fmt: str) -> str:
@@ -228,22 +229,29 @@ def bench_pretrain(
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
     waited = 0.0
-    profiler = _profiler(runtime) if profile is not None else None
     start = time.perf_counter()
-    if profiler is not None:
-        profiler.start()
     for _ in range(steps):
         one_step()
     sync()
     seconds = (time.perf_counter() - start) / steps
-    if profiler is not None:
+    peak_memory = _peak_memory_gb(runtime.device)
+    if profile is not None:
+        # Profiled steps come after the timed ones: the profiler's own overhead stays out of the figures.
+        profiler = _profiler(runtime)
+        profiled = min(steps, 3)
+        profiler.start()
+        start = time.perf_counter()
+        for _ in range(profiled):
+            one_step()
+        sync()
+        wall = time.perf_counter() - start
         profiler.stop()
-        _write_profile(profiler, Path(profile), runtime)
+        report.gpu_busy_fraction = _write_profile(profiler, Path(profile), runtime, wall)
     samples_per_s = batch / seconds
     achieved = flops_per_sample * samples_per_s
     report.samples_per_s = samples_per_s
     report.step_time_s = seconds
-    report.peak_memory_gb = _peak_memory_gb(runtime.device)
+    report.peak_memory_gb = peak_memory
     report.achieved_tflops = achieved / 1e12
     report.mfu = achieved / peak if peak else None
     report.data_wait_fraction = waited / (seconds * steps) if data else None
@@ -257,9 +265,29 @@ def _profiler(runtime: Runtime):
     return profile(activities=activities, record_shapes=False)
 
 
-def _write_profile(profiler, out: Path, runtime: Runtime) -> None:
+def _write_profile(profiler, out: Path, runtime: Runtime, wall_s: float) -> float | None:
+    """Write the trace and op table; return the share of the wall time the GPU spent in kernels."""
     out.mkdir(parents=True, exist_ok=True)
     profiler.export_chrome_trace(str(out / "profile.json"))
-    key = "self_cuda_time_total" if runtime.device.type == "cuda" else "self_cpu_time_total"
-    table = profiler.key_averages().table(sort_by=key, row_limit=30)
-    (out / "profile.txt").write_text(table + "\n")
+    cuda = runtime.device.type == "cuda"
+    averages = profiler.key_averages()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = averages.table(sort_by=key, row_limit=40)
+    # The step's own ranges (`scl:` record_function labels): host and device time per pass.
+    ranges = sorted(
+        (e for e in averages if e.key.startswith("scl:")), key=lambda e: e.cpu_time_total, reverse=True
+    )
+    lines = [f"{'range':<52} {'host ms':>9} {'device ms':>10}  calls"] + [
+        f"{e.key[:52]:<52} {e.cpu_time_total / 1e3 / max(e.count, 1):9.2f} "
+        f"{getattr(e, 'device_time_total', 0) / 1e3 / max(e.count, 1):10.2f}  {e.count}"
+        for e in ranges
+    ]
+    busy = None
+    if cuda:
+        kernel_us = sum(
+            getattr(e, "self_device_time_total", 0) for e in averages if not e.key.startswith("scl:")
+        )
+        busy = kernel_us / 1e6 / wall_s
+        lines.append(f"\nGPU busy: {100 * busy:.1f}% of {wall_s * 1e3:.0f} ms wall (kernel time / wall time)")
+    (out / "profile.txt").write_text(table + "\n\nscl ranges (per call)\n" + "\n".join(lines) + "\n")
+    return busy

@@ -75,7 +75,7 @@ def make_step_module(recipe: Recipe, model: SCLModel, spec: TextSpec, runtime: R
         model.set_gradient_checkpointing(True)
     if recipe.topology.compile:
         for layer in transformer_layers(model):
-            layer.compile()
+            layer.compile(backend=recipe.topology.compile_backend)
     objectives = build_objectives(recipe.objectives)
     return PretrainStep(model, objectives, recipe.masking, spec.to(runtime.device), seed=recipe.optim.seed)
 

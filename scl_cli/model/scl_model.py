@@ -183,10 +183,22 @@ class SCLModel(nn.Module):
         """Recompute activations of every ViT block, RoBERTa layer and fusion layer in backward."""
         self.vision.gradient_checkpointing = on
         self.fusion.gradient_checkpointing = on
+        # transformers 5.2x renamed gradient_checkpointing_* to activation_checkpointing_*: take
+        # the new name where it exists (the old one warns there), the old one on earlier releases.
+        new_api = hasattr(self.text, "activation_checkpointing_enable")
         if on:
-            self.text.activation_checkpointing_enable({"use_reentrant": False})
+            enable = (
+                self.text.activation_checkpointing_enable
+                if new_api
+                else self.text.gradient_checkpointing_enable
+            )
+            enable({"use_reentrant": False})
         else:
-            self.text.activation_checkpointing_disable()
+            (
+                self.text.activation_checkpointing_disable
+                if new_api
+                else self.text.gradient_checkpointing_disable
+            )()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count (shared tensors counted once)."""

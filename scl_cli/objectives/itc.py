@@ -33,6 +33,9 @@ class ITC(Objective):
     Settings = ITCSettings
     settings: ITCSettings
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("full",), ("full", "reversed") if self.settings.reversed_clips else ("full",)
+
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         text, image = ctx.itc()
         temperature = ctx.model.itc_temperature.clamp(min=MIN_TEMPERATURE)

@@ -58,6 +58,9 @@ class ITM(Objective):
     Settings = ITMSettings
     settings: ITMSettings
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("full",), ("full",)
+
     def plan(self, ctx: StepContext) -> None:
         rnd, B, device = ctx.random, ctx.batch_size, ctx.device
         N, offset = rnd.global_rows, rnd.rank * B
@@ -69,7 +72,7 @@ class ITM(Objective):
             text, image = ctx.itc()
             with torch.no_grad():
                 similarity = text @ gather_no_grad(image).t() / ctx.model.itc_temperature
-                other = hard_other_index(similarity, rnd.uniform(N), offset)
+                other = hard_other_index(similarity, rnd.uniform(N, stream="itm"), offset)
             own = torch.arange(B, device=device) + offset
             index = torch.where(self.is_negative, other, own)
         else:

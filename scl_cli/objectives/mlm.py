@@ -14,6 +14,9 @@ from scl_cli.training.step_context import StepContext
 class MLM(Objective):
     name = "mlm"
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("mlm",), ("full",)
+
     def plan(self, ctx: StepContext) -> None:
         ctx.request_fusion("mlm", text="mlm", image="full")
 

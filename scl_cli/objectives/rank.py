@@ -71,6 +71,9 @@ class Rank(Objective):
         if any(k.startswith("rank_head.") for k in missing):
             init_rank_head_from_itm(model)
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("full",), ("full", "reversed") if self.settings.reversed_clips else ("full",)
+
     def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         B, device = ctx.batch_size, ctx.device
         count = min(self.settings.negatives, B - 1)

@@ -49,6 +49,12 @@ class Objective:
     def init_new_heads(self, model: torch.nn.Module, missing: set[str]) -> None:
         """After loading: initialise heads the checkpoint did not hold (`missing` key names)."""
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The (text, image) variants of the unimodal passes this objective reads (see StepContext).
+        The context encodes every declared variant of a modality in one batched call; a variant
+        read without being declared is encoded on its own. Default: none declared."""
+        return (), ()
+
     def plan(self, ctx: StepContext) -> None:
         """Declare fusion passes with `ctx.request_fusion(...)`; default: none."""
 

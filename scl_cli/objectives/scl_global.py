@@ -33,6 +33,9 @@ class SCLGlobal(Objective):
     Settings = SCLGlobalSettings
     settings: SCLGlobalSettings
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("full", "scl"), ("full", "drop")
+
     def plan(self, ctx: StepContext) -> None:
         ctx.request_fusion("scl_masked_image", text="full", image="drop")
         ctx.request_fusion("scl_masked_text", text="scl", image="full")

@@ -35,6 +35,9 @@ class SCLLocal(Objective):
     settings: SCLLocalSettings
     default_weight = 0.2
 
+    def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("full", "scl"), ("full", "drop", "masktok")
+
     def plan(self, ctx: StepContext) -> None:
         ctx.request_fusion("scl_masked_image", text="full", image="drop")
         ctx.request_fusion("scl_masked_text", text="scl", image="full")

@@ -184,6 +184,11 @@ class TopologyConfig(Section):
         "auto", description="'auto': bf16 on GPUs that have it, else fp16 on CUDA; fp32 on CPU."
     )
     compile: bool = Field(False, description="torch.compile each transformer layer (ViT, RoBERTa, fusion).")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor",
+        description="torch.compile backend: 'inductor' generates kernels; 'aot_eager' traces forward and "
+        "backward without code generation (finds graph breaks in seconds, e.g. on CPU).",
+    )
     activation_checkpointing: bool = Field(
         False, description="Recompute layer activations in backward: less memory for larger batches."
     )

@@ -78,11 +78,20 @@ class StepRandom:
         self, seed: int, draw: int, device: torch.device, rows: int, rank: int = 0, world: int = 1
     ) -> None:
         self.device, self.rows, self.rank, self.world = torch.device(device), rows, rank, world
-        self.generator: torch.Generator | None = None
-        if self.device.type != "meta":  # shape-only dry runs draw nothing
-            self.generator = torch.Generator(device=self.device)
-            self.generator.manual_seed(_seed_of(seed, draw, "device"))
+        self.seed, self.draw = seed, draw
+        self._generators: dict[str, torch.Generator] = {}
         self.host = torch.Generator().manual_seed(_seed_of(seed, draw, "host"))
+
+    def generator(self, stream: str) -> torch.Generator | None:
+        """The device generator of one named stream: each mask draws from its own, so what it
+        draws does not depend on which other draws the step made before it (or in which order)."""
+        if self.device.type == "meta":  # shape-only dry runs draw nothing
+            return None
+        if stream not in self._generators:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(_seed_of(self.seed, self.draw, "device", stream))
+            self._generators[stream] = gen
+        return self._generators[stream]
 
     @classmethod
     def from_global_rng(cls, device: torch.device, rows: int) -> StepRandom:
@@ -97,14 +106,13 @@ class StepRandom:
         """This rank's rows of a global-batch tensor [world * rows, ...]."""
         return x[self.rank * self.rows : (self.rank + 1) * self.rows]
 
-    def uniform(self, *shape: int) -> Tensor:
+    def uniform(self, *shape: int, stream: str = "default") -> Tensor:
         """U[0, 1) noise [rows, *shape] on the device: this rank's rows of one global draw."""
-        noise = torch.rand(self.global_rows, *shape, generator=self.generator, device=self.device)
-        return self.local(noise)
+        return self.local(self.uniform_global(*shape, stream=stream))
 
-    def uniform_global(self, *shape: int) -> Tensor:
+    def uniform_global(self, *shape: int, stream: str = "default") -> Tensor:
         """U[0, 1) noise [world * rows, *shape] on the device (the whole global draw)."""
-        return torch.rand(self.global_rows, *shape, generator=self.generator, device=self.device)
+        return torch.rand(self.global_rows, *shape, generator=self.generator(stream), device=self.device)
 
 
 def _seed_of(*parts: object) -> int:

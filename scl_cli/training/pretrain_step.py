@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from scl_cli.model import SCLModel
 from scl_cli.objectives.registry import Objective
@@ -48,14 +49,21 @@ class PretrainStep(nn.Module):
         info = dist_info() if device.type != "meta" else DistInfo()
         rnd = StepRandom(self.seed, self.draws, device, rows, info.rank, info.world_size)
         self.draws += 1
-        ctx = StepContext(self.model, batch, self.masking, self.spec, rnd)
-        for objective in self.objectives.values():
-            objective.plan(ctx)
+        declared = [objective.encodings() for objective in self.objectives.values()]
+        ctx = StepContext(
+            self.model, batch, self.masking, self.spec, rnd,
+            texts=tuple(v for texts, _ in declared for v in texts),
+            images=tuple(v for _, images in declared for v in images),
+        )  # fmt: skip
+        for name, objective in self.objectives.items():
+            with record_function(f"scl:plan:{name}"):
+                objective.plan(ctx)
         ctx.run_fusion()
         total = torch.zeros((), device=ctx.device)
         logs: dict[str, torch.Tensor] = {}
         for name, objective in self.objectives.items():
-            out = objective.loss(ctx)
+            with record_function(f"scl:loss:{name}"):
+                out = objective.loss(ctx)
             loss = out.pop("loss")
             total = total + objective.settings.weight * loss
             logs[name] = loss.detach()

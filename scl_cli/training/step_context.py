@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from torch.profiler import record_function
 
 from scl_cli.data.transforms import to_model_input
 from scl_cli.recipe.schema import MaskingConfig
@@ -46,7 +47,9 @@ class StepContext:
     batch: `images` [B, T, 3, H, W] (uint8 pixels, normalised here on the device, or float already
     normalised), `text_ids` [B, L] int64, `text_mask` [B, L] (1 = token). `random` supplies every
     random draw of the step (masks, ITM negatives); by default one process's, seeded from the
-    global torch RNG.
+    global torch RNG. `texts` / `images`: the variants the step's objectives declared
+    (`Objective.encodings`); the first read of one encodes all declared variants of that modality
+    (of that sequence length, for images) in one batched encoder call: fewer, larger kernels.
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class StepContext:
         masking: MaskingConfig,
         spec: M.TextSpec,
         random: M.StepRandom | None = None,
+        texts: tuple[str, ...] = (),
+        images: tuple[str, ...] = (),
     ):
         self.model = model
         self.batch = batch  # task fields (labels, targets, second images) for fine-tuning objectives
@@ -77,6 +82,9 @@ class StepContext:
         self._requests: dict[str, FusionRequest] = {}
         self._fused: dict[str, FusionOutput] = {}
         self._itc: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._declared_texts = tuple(dict.fromkeys(texts))
+        # Time-reversed clips exist only for clips; "drop" has its own sequence length.
+        self._declared_images = tuple(v for v in dict.fromkeys(images) if v != "reversed" or self.frames > 1)
 
     # ------------------------------------------------------------------ masks (drawn once per step)
     @property
@@ -87,7 +95,7 @@ class StepContext:
                 self.patches,
                 self.masking.scl_image_drop,
                 self.device,
-                noise=self.random.uniform(self.patches),
+                noise=self.random.uniform(self.patches, stream="drop"),
             )
         return self._masks["drop"]  # type: ignore[return-value]
 
@@ -99,7 +107,7 @@ class StepContext:
                 self.patches,
                 self.masking.scl_local_image_mask,
                 self.device,
-                noise=self.random.uniform(self.patches),
+                noise=self.random.uniform(self.patches, stream="masktok"),
             )
         return self._masks["masktok"]  # type: ignore[return-value]
 
@@ -109,7 +117,7 @@ class StepContext:
             m = self.masking
             self._masks["mlm"] = M.mask_words_for_mlm(
                 self.text_ids, self.text_mask, self.spec, m.mlm_prob, m.mlm_whole_word,
-                m.mlm_mask_share, m.mlm_random_share, noise=self.random.uniform(self.text_ids.shape[1], 3),
+                m.mlm_mask_share, m.mlm_random_share, noise=self.random.uniform(self.text_ids.shape[1], 3, stream="mlm"),
             )  # fmt: skip
         return self._masks["mlm"]  # type: ignore[return-value]
 
@@ -121,7 +129,7 @@ class StepContext:
                 self.text_mask,
                 self.spec,
                 self.masking.scl_text_mask,
-                noise=self.random.uniform(self.text_ids.shape[1]),
+                noise=self.random.uniform(self.text_ids.shape[1], stream="scl"),
             )
         return self._masks["scl"]  # type: ignore[return-value]
 
@@ -132,22 +140,40 @@ class StepContext:
     # ------------------------------------------------------------------ unimodal passes (cached)
     def image(self, variant: str = "full") -> ImageEncoding:
         if variant not in self._images:
-            if variant == "full":
-                enc = self.model.encode_image(self.images)
-            elif variant == "drop":
-                enc = self.model.encode_image(self.images, keep_index=self.patch_drop.keep_index)
-            elif variant == "masktok":
-                enc = self.model.encode_image(self.images, token_mask=self.patch_mask.mask)
-            elif variant == "reversed":
-                enc = self.model.encode_image(self.images.flip(1))
-            else:
-                raise KeyError(f"unknown image variant {variant!r}")
-            self._images[variant] = enc
+            group = [variant] + [
+                v for v in self._declared_images
+                if v != variant and v not in self._images and (v == "drop") == (variant == "drop")
+            ]  # fmt: skip
+            with record_function(f"scl:vision:{'+'.join(group)}"):
+                encoded = self._encode_images(group)
+            self._images.update(zip(group, encoded, strict=True))
         return self._images[variant]
+
+    def _encode_images(self, variants: list[str]) -> list[ImageEncoding]:
+        """One vision pass over the batch repeated once per variant (all "drop", or none of them)."""
+        if variants == ["drop"]:
+            return [self.model.encode_image(self.images, keep_index=self.patch_drop.keep_index)]
+        for v in variants:
+            if v not in ("full", "masktok", "reversed"):
+                raise KeyError(f"unknown image variant {v!r}")
+        pixels = torch.cat([self.images.flip(1) if v == "reversed" else self.images for v in variants])
+        token_mask = None
+        if "masktok" in variants:
+            none = torch.zeros_like(self.patch_mask.mask)
+            token_mask = torch.cat([self.patch_mask.mask if v == "masktok" else none for v in variants])
+        enc = self.model.encode_image(pixels, token_mask=token_mask)
+        return [
+            type(enc)(tokens, enc.frames, enc.tokens_per_frame)
+            for tokens in enc.tokens.split(self.batch_size)
+        ]
 
     def text(self, variant: str = "full") -> torch.Tensor:
         if variant not in self._texts:
-            self._texts[variant] = self.model.encode_text(self.text_ids_of(variant), self.text_mask)
+            group = [variant] + [v for v in self._declared_texts if v != variant and v not in self._texts]
+            with record_function(f"scl:text:{'+'.join(group)}"):
+                ids = torch.cat([self.text_ids_of(v) for v in group])
+                hidden = self.model.encode_text(ids, self.text_mask.repeat(len(group), 1))
+            self._texts.update(zip(group, hidden.split(self.text_ids.shape[0]), strict=True))
         return self._texts[variant]
 
     def text_ids_of(self, variant: str) -> torch.Tensor:
@@ -213,7 +239,8 @@ class StepContext:
                 texts.append(self.text_embeds(req.text))
                 images.append(img)
             mask = self.text_mask.repeat(len(names), 1)
-            out = self.model.fuse(torch.cat(texts), mask, torch.cat(images))
+            with record_function(f"scl:fusion:{'+'.join(names)}"):
+                out = self.model.fuse(torch.cat(texts), mask, torch.cat(images))
             for name, t, i in zip(
                 names, out.text.split(self.batch_size), out.image.split(self.batch_size), strict=True
             ):

@@ -55,7 +55,8 @@ def count_calls(monkeypatch, model: SCLModel) -> dict[str, list]:
         original = module.forward
 
         def wrapped(*args, _orig=original, _name=name, **kwargs):
-            calls[_name].append(args[0].shape[0] if args else None)
+            first = args[0] if args else next(iter(kwargs.values()))
+            calls[_name].append(first.shape[0])
             return _orig(*args, **kwargs)
 
         monkeypatch.setattr(module, "forward", wrapped)
@@ -66,9 +67,10 @@ def test_all_objectives_share_passes(monkeypatch):
     model = tiny_model()
     calls = count_calls(monkeypatch, model)
     out = step(model, ALL)(make_batch())
-    # one full, one dropped, one mask-token ViT pass; full, MLM and SCL text passes;
-    # fusion: the short dropped-patch pass, and one batched call for itm + mlm + scl B + scl C
-    assert len(calls["vision"]) == 3 and len(calls["text"]) == 3
+    # ViT: one call over the full and mask-token images (2B rows), one over the dropped-patch
+    # images; RoBERTa: one call over the full, MLM and SCL texts (3B rows); fusion: the short
+    # dropped-patch pass, and one batched call for itm + mlm + scl B + scl C
+    assert sorted(calls["vision"]) == [B, 2 * B] and calls["text"] == [3 * B]
     assert sorted(calls["fusion"]) == [B, 4 * B]
     assert set(out) >= {"total", "itc", "itm", "mlm", "scl_global", "scl_local"}
     assert all(torch.isfinite(v).all() for v in out.values())
@@ -85,7 +87,43 @@ def test_no_scl_ablation_skips_masked_passes(monkeypatch):
     model = tiny_model()
     calls = count_calls(monkeypatch, model)
     step(model, {"itc": {}, "itm": {}, "mlm": {}})(make_batch())
-    assert len(calls["vision"]) == 1 and len(calls["text"]) == 2 and calls["fusion"] == [2 * B]
+    assert calls["vision"] == [B] and calls["text"] == [2 * B] and calls["fusion"] == [2 * B]
+
+
+def test_batched_encoder_passes_give_the_losses_and_gradients_of_separate_ones():
+    """Declared variants share one encoder call; undeclared ones are encoded alone. Both must be
+    the same computation, masks included (each mask draws from its own random stream)."""
+    model = tiny_model().eval()  # no dropout: the two runs must match exactly
+
+    def run(declare: bool) -> tuple[dict, torch.Tensor]:
+        module = step(model, ALL)
+        if not declare:
+            for objective in module.objectives.values():
+                objective.encodings = lambda: ((), ())
+        model.zero_grad()
+        out = module(make_batch(frames=2))
+        out["total"].backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return {k: v.item() for k, v in out.items()}, grads
+
+    (batched, g_batched), (alone, g_alone) = run(True), run(False)
+    assert batched == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert torch.allclose(g_batched, g_alone, rtol=1e-4, atol=1e-6)
+
+
+def test_a_mask_does_not_depend_on_which_draws_came_before():
+    from scl_cli.training.masking import StepRandom
+
+    first = StepRandom(0, 3, torch.device("cpu"), rows=4)
+    first.uniform(7, stream="mlm")
+    second = StepRandom(0, 3, torch.device("cpu"), rows=4)
+    assert torch.equal(first.uniform(5, stream="drop"), second.uniform(5, stream="drop"))
+    assert not torch.equal(
+        second.uniform(5, stream="masktok"), StepRandom(0, 3, "cpu", 4).uniform(5, stream="drop")
+    )
+    assert not torch.equal(
+        StepRandom(0, 4, "cpu", 4).uniform(5, stream="drop"), second.uniform(5, stream="drop")
+    )
 
 
 def test_total_is_the_weighted_sum_and_every_parameter_used_gets_gradient():
@@ -134,7 +172,7 @@ def test_reversed_variant_is_the_clip_played_backwards_and_costs_one_more_vision
     assert not torch.allclose(ctx.image("full").tokens, want)
     calls = count_calls(monkeypatch, model)
     step(model, {"itc": {"reversed_clips": True}})(make_batch(frames=3))
-    assert len(calls["vision"]) == 2 and len(calls["text"]) == 1
+    assert calls["vision"] == [2 * B] and calls["text"] == [B]  # the reversed clips ride with the full ones
 
 
 def test_fusion_request_conflict_is_an_error():
