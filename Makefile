@@ -17,6 +17,7 @@ env: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check scl_cli tests
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests
 
 demo: $(STAMP)
@@ -24,6 +25,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check scl_cli tests
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check scl_cli tests
 
 clean:

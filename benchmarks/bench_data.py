@@ -30,8 +30,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scl_cli.data.shards import iter_tar_samples, read_manifest  # noqa: E402
-from scl_cli.data.transforms import ImageTransform, decode_image, normalize  # noqa: E402
-from scl_cli.prepare import prepare  # noqa: E402
+from scl_cli.data.transforms import ImageTransform, decode_image  # noqa: E402
+from scl_cli.engines.prepare import prepare  # noqa: E402
+from scl_cli.model.preprocess import normalize  # noqa: E402
 
 BATCH = 32
 SIZE = 288

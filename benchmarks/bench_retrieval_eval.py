@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scl_cli.evaluation.retrieval_search import recall_at_k_two_stage, two_stage_scores  # noqa: E402
 from scl_cli.metrics import retrieval_recall  # noqa: E402
+from scl_cli.search.ranking import recall_at_k_two_stage, two_stage_scores  # noqa: E402
 
 MODES = ("itc", "rerank", "dense")
 

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scl_cli.data.loader import build_pretrain_loader
 from scl_cli.data.shards import ShardWriter, write_manifest
+from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import train_bpe_tokenizer
 from scl_cli.data.transforms import ImageTransform
 
@@ -111,7 +111,7 @@ def main() -> None:
         from scl_cli.data.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer("dataset", root, "photos")
-        loader = build_pretrain_loader(
+        loader = build_train_loader(
             data_root=root, datasets=["photos"], weights=None, split="train", tokenizer=tokenizer,
             image_size=args.size, max_len=50, batch_size=args.batch, seed=0, num_workers=0,
             shuffle_buffer=1000,

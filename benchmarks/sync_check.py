@@ -16,12 +16,12 @@ import traceback
 
 import torch
 
-from scl_cli.bench import _vocab_and_spec, synthetic_batch
+from scl_cli.config import load_recipe
+from scl_cli.engines.bench_pretrain import _vocab_and_spec, synthetic_batch
 from scl_cli.model import SCLModel
-from scl_cli.pretrain import make_step_module
-from scl_cli.recipe import load_recipe
 from scl_cli.training.optim import build_optimizer
 from scl_cli.training.runtime import setup_runtime
+from scl_cli.training.step import build_train_step
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     runtime = setup_runtime(recipe.topology)
     vocab, spec, pad, _ = _vocab_and_spec(recipe)
     model = SCLModel(recipe.model, vocab, pad)
-    step = make_step_module(recipe, model, spec, runtime)
+    step = build_train_step(recipe, model, spec, runtime)
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
     batch = synthetic_batch(recipe, 8, vocab, runtime.device)
 

@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def shapes_root(tmp_path_factory) -> Path:
     """A data root holding a small `shapes` data set (80 images and 40 clips, 16 per shard)."""
-    from scl_cli.prepare import prepare_shapes
+    from scl_cli.engines.prepare import prepare_shapes
 
     root = tmp_path_factory.mktemp("data")
     prepare_shapes(root, images=80, seed=0, shard_size=16, workers=1, clips=40)

@@ -1,4 +1,4 @@
-"""`scl convert --official` and `load_any_checkpoint`: a tiny checkpoint in the published layout (a
+"""`scl convert --official` and `read_checkpoint`: a tiny checkpoint in the published layout (a
 PyTorch Lightning `.ckpt`) becomes ours, on disk or on the fly; bad files are one-line errors."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from scl_cli.cli import main
-from scl_cli.convert import load_any_checkpoint, read_official_checkpoint
+from scl_cli.config.recipe import ModelConfig
 from scl_cli.errors import CheckpointError
+from scl_cli.io.checkpoints import load_model_weights, save_checkpoint
 from scl_cli.model import SCLModel
-from scl_cli.recipe.schema import ModelConfig
-from scl_cli.training.checkpoint import load_model_weights, save_checkpoint
+from scl_cli.model.checkpoint import read_checkpoint, read_official_checkpoint
 
 from .model.test_official import KEYS_FILE, tiny_official_state_dict
 
@@ -80,7 +80,7 @@ def test_convert_writes_a_checkpoint_that_loads_like_the_original(
     every_key = json.loads((out / "conversion.json").read_text())
     assert set(every_key["mapped"]) | set(every_key["ignored"]) == set(official_state)
 
-    state, config = load_any_checkpoint(out)
+    state, config = read_checkpoint(out)
     assert config["tokenizer"] == "FacebookAI/roberta-base" and config["pad_token_id"] == 1
     assert config["converted_from"]["global_step"] == 12000 and config["step"] == 0
     model = SCLModel(
@@ -90,7 +90,7 @@ def test_convert_writes_a_checkpoint_that_loads_like_the_original(
     assert torch.equal(model.fusion.image_layers[0].crossattention.self.key.weight,
                        official_state["cross_modal_image_layers.0.crossattention.self.key.weight"])  # fmt: skip
 
-    on_the_fly, fly_config = load_any_checkpoint(ckpt)  # what `--ckpt scl_pretrain.ckpt` gets
+    on_the_fly, fly_config = read_checkpoint(ckpt)  # what `--ckpt scl_pretrain.ckpt` gets
     assert fly_config["model"] == config["model"] and fly_config["checkpoint"] == str(ckpt)
     assert state.keys() == on_the_fly.keys()
     assert all(torch.equal(state[k], on_the_fly[k]) for k in state)
@@ -121,10 +121,10 @@ def test_checkpoint_needing_arbitrary_unpickling_is_refused(tmp_path: Path, offi
     with pytest.raises(CheckpointError, match=r"needs arbitrary unpickling \(it holds .*Callback\).*refuses"):
         read_official_checkpoint(path)
     with pytest.raises(CheckpointError, match="arbitrary unpickling"):
-        load_any_checkpoint(path)
+        read_checkpoint(path)
 
 
-def test_load_any_checkpoint_reads_our_run_directories(tmp_path: Path) -> None:
+def test_read_checkpoint_reads_our_run_directories(tmp_path: Path) -> None:
     cfg = ModelConfig(init="random")
     cfg.vision.layers = cfg.text.layers = cfg.fusion.layers = 1
     model = SCLModel(cfg, vocab_size=50, pad_token_id=1)
@@ -137,9 +137,9 @@ def test_load_any_checkpoint_reads_our_run_directories(tmp_path: Path) -> None:
         "tokenizer": "tokenizer.json",
     }
     saved = save_checkpoint(tmp_path / "run", 7, model, config, None, {"tokenizer.json": tokenizer})
-    state, loaded = load_any_checkpoint(tmp_path / "run")
+    state, loaded = read_checkpoint(tmp_path / "run")
     assert loaded["step"] == 7 and loaded["checkpoint"] == str(saved)
     assert loaded["tokenizer"] == str((saved / "tokenizer.json").resolve())
     assert state.keys() == model.state_dict().keys()
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_any_checkpoint(tmp_path / "nowhere.ckpt")
+        read_checkpoint(tmp_path / "nowhere.ckpt")

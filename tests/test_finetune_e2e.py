@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from scl_cli.config import load_recipe
+from scl_cli.engines.finetune import finetune
+from scl_cli.engines.pretrain import pretrain
 from scl_cli.errors import CheckpointError
-from scl_cli.finetune import finetune
-from scl_cli.model.loading import load_model
-from scl_cli.pretrain import pretrain
-from scl_cli.recipe import load_recipe
+from scl_cli.inference.loading import load_model
 
 from .conftest import RECIPES, run_scl, tiny_overrides
 

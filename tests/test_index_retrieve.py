@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scl_cli.config import load_recipe
+from scl_cli.engines.evaluate import evaluate
+from scl_cli.engines.index import build_index
+from scl_cli.engines.pretrain import pretrain
+from scl_cli.engines.retrieve import Retriever, retrieve
 from scl_cli.errors import UsageError
-from scl_cli.evaluate import evaluate
-from scl_cli.index import build_index
-from scl_cli.pretrain import pretrain
-from scl_cli.recipe import load_recipe
-from scl_cli.retrieval.contact_sheet import sheet_layout
-from scl_cli.retrieval.faiss_index import AUTO_FLAT_MAX, VectorIndex, choose_kind, recall_at_k
-from scl_cli.retrieval.store import MetaStore, checkpoint_id, read_info
-from scl_cli.retrieve import Retriever, retrieve
+from scl_cli.search.contact_sheet import sheet_layout
+from scl_cli.search.faiss_index import AUTO_FLAT_MAX, VectorIndex, choose_kind, recall_at_k
+from scl_cli.search.store import MetaStore, checkpoint_id, read_info
 
 from .conftest import RECIPES, tiny_overrides
 

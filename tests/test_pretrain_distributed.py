@@ -15,11 +15,11 @@ import pytest
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from scl_cli.config import load_recipe
+from scl_cli.engines.pretrain import pretrain
 from scl_cli.errors import DataError
-from scl_cli.pretrain import pretrain
-from scl_cli.recipe import load_recipe
+from scl_cli.io.checkpoints import list_checkpoints
 from scl_cli.training import launch
-from scl_cli.training.checkpoint import list_checkpoints
 
 from .conftest import RECIPES, ROOT, run_scl, tiny_overrides
 

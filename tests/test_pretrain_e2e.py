@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from scl_cli.pretrain import pretrain
-from scl_cli.recipe import load_recipe
-from scl_cli.training.checkpoint import list_checkpoints
+from scl_cli.config import load_recipe
+from scl_cli.engines.pretrain import pretrain
+from scl_cli.io.checkpoints import list_checkpoints
 
 from .conftest import RECIPES, ROOT, run_scl, tiny_overrides
 

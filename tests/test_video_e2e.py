@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from scl_cli.finetune import finetune
-from scl_cli.model.loading import load_model
-from scl_cli.recipe import load_recipe
+from scl_cli.config import load_recipe
+from scl_cli.engines.finetune import finetune
+from scl_cli.inference.loading import load_model
 
 from .conftest import RECIPES, run_scl, tiny_overrides
 

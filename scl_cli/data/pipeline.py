@@ -27,6 +27,7 @@ from scl_cli.data.shards import MANIFEST, write_manifest
 from scl_cli.data.sources.base import ProgressFn, Record, Skip, SourceData
 from scl_cli.data.writer import STATE_DIR, ShardJob, ShardResult, WriteSettings, finished, write_shard
 from scl_cli.errors import UsageError
+from scl_cli.io.atomic import atomic_write_json
 
 MANIFEST_SKIPS = 10_000  # skip entries listed in manifest.json; all of them are in skipped.jsonl
 SKIPPED_FILE = "skipped.jsonl"
@@ -185,10 +186,7 @@ def _by_what(skipped: list[dict[str, str]]) -> dict[str, dict[str, int]]:
 
 def _write_extras(root: Path, files: dict[str, Any]) -> None:
     for name, content in files.items():
-        path = root / name
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(root / name, content, indent=1)
 
 
 def run(

@@ -19,18 +19,11 @@ from typing import Any, BinaryIO
 from webdataset import TarWriter
 
 from scl_cli.errors import DataError
+from scl_cli.io.atomic import atomic_write_json
+from scl_cli.io.fingerprint import sha256_file
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "{:06d}.tar"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _HashingFile:
@@ -159,11 +152,7 @@ def iter_tar_samples(path: Path, skip: int = 0) -> Iterator[dict[str, Any]]:
 # ----------------------------------------------------------------------------- manifest
 def write_manifest(dataset_dir: Path, manifest: dict[str, Any]) -> Path:
     """Write `dataset_dir/manifest.json` atomically (temp file + rename); returns its path."""
-    path = Path(dataset_dir) / MANIFEST
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(Path(dataset_dir) / MANIFEST, manifest)
 
 
 def _prepare_hint(dataset_dir: Path) -> str:

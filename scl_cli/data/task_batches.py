@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from scl_cli.data.loader import load_sources, sample_pixels
+from scl_cli.data.collate import sample_pixels
+from scl_cli.data.manifests import load_sources
 from scl_cli.data.shards import iter_tar_samples
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.data.transforms import ImageTransform

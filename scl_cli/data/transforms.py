@@ -1,4 +1,4 @@
-"""Image transforms: decode, crop/resize to a square, CLIP normalisation.
+"""Image transforms: decode, crop/resize to a square (normalisation: `model.preprocess`).
 
 Randomness comes from a `random.Random` the caller passes in (one per sample), so the loader can
 reproduce any sample's crop without replaying the stream. No horizontal flips: they would make
@@ -7,7 +7,6 @@ reproduce any sample's crop without replaying the stream. No horizontal flips: t
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import random
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from scl_cli.model.preprocess import normalize
+
 CROP_RATIO = (3 / 4, 4 / 3)
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in source pixels
@@ -70,29 +69,6 @@ def center_square_box(width: int, height: int) -> Box:
     side = min(width, height)
     left, top = (width - side) / 2, (height - side) / 2
     return (left, top, left + side, top + side)
-
-
-def normalize(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float32 CLIP-normalised [..., 3, H, W]."""
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (pixels.float() / 255 - mean) / std
-
-
-@functools.cache
-def _clip_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1).to(device, non_blocking=True)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1).to(device, non_blocking=True)
-    return mean, std
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """What the vision encoder takes: uint8 pixels [..., 3, H, W] are CLIP-normalised on their own
-    device (after the cheap uint8 transfer); float images are taken as normalised already."""
-    if images.dtype != torch.uint8:
-        return images
-    mean, std = _clip_stats(images.device)
-    return (images.float() / 255 - mean) / std
 
 
 class ImageTransform:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from scl_cli.data.images import ImageSettings, ImageSkip, process_image
 from scl_cli.data.shards import SHARD_PATTERN, ShardWriter
 from scl_cli.data.sources.base import ImageRef, Record, Skip
 from scl_cli.data.video import VideoError, check_video, is_video_member
+from scl_cli.io.atomic import atomic_write_json
 
 STATE_DIR = ".shards"
 FORMAT_VERSION = 1
@@ -180,8 +180,6 @@ def write_shard(root: Path, job: ShardJob, settings: WriteSettings, fetch: Fetch
     }
     path = state_path(root, job.split, job.index)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(state) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, state, indent=None)
     return ShardResult(job.split, job.index, len(job.records), samples, images, entry, skipped,
                        seconds=time.perf_counter() - started)  # fmt: skip

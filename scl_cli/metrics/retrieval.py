@@ -6,7 +6,7 @@ All values are percentages; "r_mean" is the mean of the six recalls.
 
 `retrieval_recall` takes a dense score matrix [n_images, n_texts] (torch or numpy), or anything
 carrying ranked lists `i2t_index` [n_images, L] / `t2i_index` [n_texts, L] (the
-`RetrievalScores` of `scl_cli.evaluation.retrieval_search`), which `recall_from_rankings` scores.
+`RetrievalScores` of `scl_cli.search.ranking`), which `recall_from_rankings` scores.
 Ties between equal scores are broken as `torch.topk` breaks them.
 """
 

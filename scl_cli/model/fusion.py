@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from scl_cli.config.recipe import FusionConfig
 from scl_cli.model.attention import QKVAttention, padding_mask
-from scl_cli.recipe.schema import FusionConfig
 
 
 @dataclass

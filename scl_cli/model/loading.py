@@ -1,4 +1,5 @@
-"""Build an `SCLModel` from any checkpoint `--ckpt` names, for fine-tuning or evaluation.
+"""Build an `SCLModel` from a checkpoint's weights and config (`model.checkpoint.read_checkpoint`),
+for fine-tuning or evaluation.
 
 The architecture comes from the checkpoint; a fine-tuning recipe may change only what does not
 change the weights' shapes (image size, by interpolating the position grid; dropout; attention
@@ -10,18 +11,15 @@ checkpoint lacks are reported as new. Any other missing or unexpected key is an 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from scl_cli.convert import load_any_checkpoint
-from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
+from scl_cli.config.recipe import ModelConfig
 from scl_cli.errors import CheckpointError
 from scl_cli.model.scl_model import SCLModel
 from scl_cli.model.task_heads import add_nlvr2_head, add_rank_head, add_vqa_head
 from scl_cli.model.vision import interpolate_positional_embedding
-from scl_cli.recipe.schema import ModelConfig
 
 # Recipe fields a fine-tuning run may set differently from the checkpoint.
 ADJUSTABLE = {("vision", "image_size"), ("fusion", "dropout"), ("init",), ("vision", "weights"),
@@ -29,10 +27,8 @@ ADJUSTABLE = {("vision", "image_size"), ("fusion", "dropout"), ("init",), ("visi
 
 
 @dataclass
-class LoadedModel:
+class BuiltModel:
     model: SCLModel
-    tokenizer: TextTokenizer
-    config: dict[str, Any]
     new_keys: list[str] = field(default_factory=list)  # task-head parameters the checkpoint lacked
     unused_keys: list[str] = field(default_factory=list)  # checkpoint heads no objective uses
     notes: list[str] = field(default_factory=list)
@@ -92,16 +88,17 @@ def _resize_position_grid(model: SCLModel, state: dict[str, torch.Tensor], notes
         notes.append(f"position grid interpolated {old}x{old} -> {grid}x{grid}")
 
 
-def load_model(
-    path: str | Path,
+def build_model(
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
     recipe_model: ModelConfig | None = None,
     objectives: dict[str, Any] | None = None,
-    data_root: Path = Path("data"),
-) -> LoadedModel:
-    """`SCLModel` with the weights of checkpoint `path` (ours, a run dir, or a published `.ckpt`),
-    the heads of `objectives` added (`Objective.setup_model`) and initialised when new."""
-    state, config = load_any_checkpoint(Path(path))
-    source = str(config.get("checkpoint", path))
+) -> BuiltModel:
+    """`SCLModel` with the weights `state` of a checkpoint whose config.json is `config` (both from
+    `read_checkpoint`), the heads of `objectives` added (`Objective.setup_model`) and initialised
+    when new. `recipe_model`: a fine-tuning recipe's model table (only `ADJUSTABLE` fields may
+    differ from the checkpoint's)."""
+    source = str(config.get("checkpoint", "checkpoint"))
     cfg = merge_model_config(ModelConfig.model_validate(config["model"]), recipe_model, source)
     model = SCLModel(cfg, int(config["vocab_size"]), int(config["pad_token_id"]))
     _add_saved_heads(model, state)
@@ -137,5 +134,4 @@ def load_model(
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     for objective in (objectives or {}).values():
         objective.init_new_heads(model, set(new))
-    tokenizer = load_tokenizer(str(config.get("tokenizer") or "FacebookAI/roberta-base"), data_root, "")
-    return LoadedModel(model, tokenizer, config, new, unused, notes)
+    return BuiltModel(model, new, unused, notes)

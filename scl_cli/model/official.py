@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scl_cli.config.recipe import FusionConfig, ModelConfig, TextConfig, VisionConfig
 from scl_cli.errors import CheckpointError
-from scl_cli.model.pretrained import LoadReport, format_keys, slice_positions
-from scl_cli.recipe.schema import FusionConfig, ModelConfig, TextConfig, VisionConfig
+from scl_cli.model.weights.report import LoadReport, format_keys
+from scl_cli.model.weights.roberta import slice_positions
 
 OFFICIAL_TOKENIZER = "FacebookAI/roberta-base"
 OFFICIAL_PAD_ID = 1  # RoBERTa's <pad>

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scl_cli.config.recipe import ModelConfig
 from scl_cli.errors import UsageError
 from scl_cli.model.fusion import FusionEncoder, FusionOutput
 from scl_cli.model.heads import ITCProjection, ITMHead, MLMHead, Pooler
 from scl_cli.model.text import build_text_encoder, text_hidden_states
 from scl_cli.model.vision import ImageEncoding, VisionEncoder
-from scl_cli.recipe.schema import ModelConfig
 
 ParamGroup = Literal["encoder", "fusion", "head"]
 
@@ -93,7 +93,7 @@ class SCLModel(nn.Module):
         """
         model = cls(cfg, vocab_size, pad_token_id)
         if cfg.init == "pretrained":
-            from scl_cli.model.pretrained import initialise_pretrained
+            from scl_cli.model.weights import initialise_pretrained
 
             model.init_reports = initialise_pretrained(model, cfg)
         return model

@@ -8,8 +8,8 @@ from __future__ import annotations
 from torch import Tensor
 from transformers import RobertaConfig, RobertaModel
 
+from scl_cli.config.recipe import TextConfig
 from scl_cli.model.attention import padding_mask
-from scl_cli.recipe.schema import TextConfig
 
 
 def roberta_config(cfg: TextConfig, vocab_size: int, pad_token_id: int) -> RobertaConfig:

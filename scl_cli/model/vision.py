@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from scl_cli.config.recipe import VisionConfig
 from scl_cli.model.attention import PackedSelfAttention
-from scl_cli.recipe.schema import VisionConfig
 
 
 @dataclass

@@ -1,19 +1,22 @@
-"""Pre-training objectives, one module each, registered by name (see `registry`)."""
+"""Training objectives, one module each, found by name through the `scl_cli.objectives` entry
+points (`registry`), and the step context they share (`context`, `masking`)."""
 
-from scl_cli.objectives import itc, itm, mlm, nlvr2, rank, scl_global, scl_local, vqa  # noqa: F401  (registration)
+from scl_cli.config.objectives import ObjectiveSettings, validate_objectives
 from scl_cli.objectives.registry import (
+    LossOutput,
     Objective,
-    ObjectiveSettings,
     build_objectives,
+    objective_class,
     register,
     registered,
-    validate_objectives,
 )
 
 __all__ = [
+    "LossOutput",
     "Objective",
     "ObjectiveSettings",
     "build_objectives",
+    "objective_class",
     "register",
     "registered",
     "validate_objectives",

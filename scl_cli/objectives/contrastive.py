@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scl_cli.training.distributed import dist_info, gather_with_grad, global_mean
+from scl_cli.distributed import dist_info, gather_with_grad, global_mean
 
 
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:

@@ -8,35 +8,24 @@ clip only in the order of its frames, so without them nothing teaches the direct
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-
+from scl_cli.config.objectives import ITCSettings
+from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import symmetric_contrastive_loss
-from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
-from scl_cli.training.step_context import StepContext
+from scl_cli.objectives.registry import LossOutput, Objective
 
 # Keeps a learned temperature from collapsing to zero (open_clip clamps its logit scale likewise).
 MIN_TEMPERATURE = 1e-3
 
 
-class ITCSettings(ObjectiveSettings):
-    reversed_clips: bool = Field(
-        False,
-        description="On clip batches, each clip played backwards is one more negative for the captions.",
-    )
-
-
-@register
 class ITC(Objective):
     name = "itc"
-    default_weight = 0.5
     Settings = ITCSettings
     settings: ITCSettings
 
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("full",), ("full", "reversed") if self.settings.reversed_clips else ("full",)
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def loss(self, ctx: StepContext) -> LossOutput:
         text, image = ctx.itc()
         temperature = ctx.model.itc_temperature.clamp(min=MIN_TEMPERATURE)
         reversed_clips = None

@@ -14,18 +14,13 @@ all-gather the fusion image inputs instead (as BLIP does), which costs O(world) 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
-from scl_cli.training.distributed import gather_no_grad
-from scl_cli.training.step_context import StepContext
-
-
-class ITMSettings(ObjectiveSettings):
-    negatives: Literal["random", "hard"] = "random"
+from scl_cli.config.objectives import ITMSettings
+from scl_cli.distributed import gather_no_grad
+from scl_cli.objectives.context import StepContext
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def random_other_index(
@@ -52,7 +47,6 @@ def hard_other_index(
     return (weights.log() - (-noise.log()).log()).argmax(dim=1)
 
 
-@register
 class ITM(Objective):
     name = "itm"
     Settings = ITMSettings
@@ -80,7 +74,7 @@ class ITM(Objective):
             index = rnd.local(plan).to(device, non_blocking=True)
         ctx.request_fusion("itm", text="full", image="full", image_index=index, image_plan=plan)
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def loss(self, ctx: StepContext) -> LossOutput:
         logits = ctx.model.itm_logits(ctx.pooled("itm"))
         labels = (~self.is_negative).long()
         accuracy = (logits.argmax(dim=1) == labels).to(torch.float32).mean()

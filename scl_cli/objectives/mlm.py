@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scl_cli.objectives.registry import Objective, register
-from scl_cli.training.distributed import all_reduce_sum, world_size
-from scl_cli.training.step_context import StepContext
+from scl_cli.config.objectives import MLMSettings
+from scl_cli.distributed import all_reduce_sum, world_size
+from scl_cli.objectives.context import StepContext
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
-@register
 class MLM(Objective):
     name = "mlm"
+    Settings = MLMSettings
 
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("mlm",), ("full",)
@@ -20,7 +21,7 @@ class MLM(Objective):
     def plan(self, ctx: StepContext) -> None:
         ctx.request_fusion("mlm", text="mlm", image="full")
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def loss(self, ctx: StepContext) -> LossOutput:
         mask = ctx.mlm_mask
         logits = ctx.model.mlm_logits(ctx.fused("mlm").text)
         per_token = F.cross_entropy(logits.flatten(0, 1), ctx.text_ids.flatten(), reduction="none")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scl_cli.data.transforms import to_model_input
+from scl_cli.config.objectives import NLVR2Settings
+from scl_cli.model.preprocess import to_model_input
 from scl_cli.model.task_heads import NLVR2_SECOND_IMAGE_TYPE, add_nlvr2_head
+from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import at_least_fp32
-from scl_cli.objectives.registry import Objective, register
-from scl_cli.training.step_context import StepContext
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def nlvr2_logits(ctx: StepContext) -> torch.Tensor:
@@ -28,17 +29,21 @@ def nlvr2_logits(ctx: StepContext) -> torch.Tensor:
     return model.nlvr2_head(torch.cat([first, other], dim=1))
 
 
-@register
 class NLVR2(Objective):
     name = "nlvr2"
-    pretraining = False
+    Settings = NLVR2Settings
 
     def setup_model(self, model: torch.nn.Module) -> list[str]:
         if not hasattr(model, "nlvr2_head"):
             add_nlvr2_head(model)
         return ["nlvr2_head.", "token_type_embeddings."]
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def probe_fields(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = batch["images"].shape[0]
+        return {"images2": torch.empty_like(batch["images"]),
+                "labels": torch.zeros(rows, dtype=torch.long, device=batch["images"].device)}  # fmt: skip
+
+    def loss(self, ctx: StepContext) -> LossOutput:
         logits = at_least_fp32(nlvr2_logits(ctx))
         labels = ctx.batch["labels"].long()
         accuracy = (logits.argmax(dim=1) == labels).to(torch.float32).mean()

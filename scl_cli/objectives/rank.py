@@ -10,20 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
+from scl_cli.config.objectives import RankSettings
 from scl_cli.model.task_heads import add_rank_head, init_rank_head_from_itm
+from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import at_least_fp32
-from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
-from scl_cli.training.step_context import StepContext
-
-
-class RankSettings(ObjectiveSettings):
-    negatives: int = Field(15, ge=1, description="Negative captions per image (at most batch - 1).")
-    reversed_clips: bool = Field(
-        False,
-        description="On clip batches, also rank each clip played backwards with its caption below the pair.",
-    )
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def sample_negative_texts(batch: int, count: int, device: torch.device) -> torch.Tensor:
@@ -55,10 +47,8 @@ def rank_scores(
     return model.rank_head(model.pooled(out, ctx.frames)).squeeze(-1)
 
 
-@register
 class Rank(Objective):
     name = "rank"
-    pretraining = False
     Settings = RankSettings
     settings: RankSettings
 
@@ -74,7 +64,7 @@ class Rank(Objective):
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("full",), ("full", "reversed") if self.settings.reversed_clips else ("full",)
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def loss(self, ctx: StepContext) -> LossOutput:
         B, device = ctx.batch_size, ctx.device
         count = min(self.settings.negatives, B - 1)
         candidates = torch.cat(

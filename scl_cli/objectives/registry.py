@@ -1,42 +1,38 @@
-"""Objectives are registered by name; the recipe's `[objectives.NAME]` tables pick and weigh them.
+"""Objectives are found by name; the recipe's `[objectives.NAME]` tables pick and weigh them.
 
-A new loss is one module that subclasses `Objective` and decorates itself with `@register`;
-packages outside scl can add theirs through the `scl_cli.objectives` entry-point group.
-The trainer only sums what the enabled objectives return.
+A new loss is one module with an `Objective` subclass and its settings (an `ObjectiveSettings`
+subclass whose `objective` names the class), made known by an entry point in the
+`scl_cli.objectives` group that names the settings class (see `config.objectives`), or in-process
+with `@register`. The trainer only sums what the enabled objectives return.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+import importlib
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scl_cli.config.objectives import ObjectiveSettings, register_settings, registered_settings
 
 if TYPE_CHECKING:
-    from scl_cli.training.step_context import StepContext
+    from scl_cli.objectives.context import StepContext
 
-
-class ObjectiveSettings(BaseModel):
-    """Settings every objective has; subclasses add their own fields."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    weight: float = Field(1.0, ge=0, description="Multiplier in the total loss; 0 turns the objective off.")
+LossOutput = dict[str, torch.Tensor]
+"""What `Objective.loss` returns: `"loss"` (the unweighted loss, with gradient) and anything else
+worth logging (detached 0-d tensors, logged as `NAME/KEY`)."""
 
 
 class Objective:
-    """One pre-training loss.
+    """One training loss.
 
-    `plan` runs first for every enabled objective and declares the fusion passes the objective
-    needs (so the step can run all of them in as few batched calls as possible); `loss` then
-    reads the shared passes from the context and returns the unweighted loss.
+    `encodings` says which unimodal passes it reads (so they run batched); `plan` runs first for
+    every enabled objective and declares the fusion passes it needs (so the step can run all of
+    them in as few batched calls as possible); `loss` then reads the shared passes from the context.
     """
 
     name: ClassVar[str]
     Settings: ClassVar[type[ObjectiveSettings]] = ObjectiveSettings
-    default_weight: ClassVar[float] = 1.0
-    # Part of the paper's pre-training set (what a recipe without [objectives] gets)?
-    pretraining: ClassVar[bool] = True
 
     def __init__(self, settings: ObjectiveSettings) -> None:
         self.settings = settings
@@ -49,6 +45,11 @@ class Objective:
     def init_new_heads(self, model: torch.nn.Module, missing: set[str]) -> None:
         """After loading: initialise heads the checkpoint did not hold (`missing` key names)."""
 
+    def probe_fields(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Task fields this objective reads from a batch, shaped like `batch` (images [B, T, 3, H, W],
+        text_ids [B, L]) on its device: lets a shape-only probe run the step (`training.freeze`)."""
+        return {}
+
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The (text, image) variants of the unimodal passes this objective reads (see StepContext).
         The context encodes every declared variant of a modality in one batched call; a variant
@@ -58,68 +59,50 @@ class Objective:
     def plan(self, ctx: StepContext) -> None:
         """Declare fusion passes with `ctx.request_fusion(...)`; default: none."""
 
-    def loss(self, ctx: StepContext) -> torch.Tensor:
-        raise NotImplementedError  # abstract: every registered objective overrides it
+    def loss(self, ctx: StepContext) -> LossOutput:
+        """`{"loss": unweighted loss, **detached values to log}`."""
+        raise NotImplementedError(f"objective {self.name!r} does not define loss()")
 
 
-_REGISTRY: dict[str, type[Objective]] = {}
-_loaded = False
+_CLASSES: dict[str, type[Objective]] = {}
 
 
 def register(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: make an objective available to recipes under `cls.name`."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+    """Class decorator: make an objective available to recipes in this process under `cls.name`."""
+    settings = cls.Settings
+    if settings is ObjectiveSettings:  # no settings of its own: give it a class to carry its name
+        settings = cls.Settings = type(f"{cls.__name__}Settings", (ObjectiveSettings,), {"__module__": cls.__module__})
+    if "name" not in settings.__dict__:
+        settings.name = cls.name
+    if "objective" not in settings.__dict__:
+        settings.objective = f"{cls.__module__}:{cls.__qualname__}"
+    known = _CLASSES.get(cls.name)
+    if known is not None and known is not cls and known.__qualname__ != cls.__qualname__:
         raise ValueError(f"objective {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
+    register_settings(settings)
+    _CLASSES[cls.name] = cls
     return cls
 
 
-def _load_builtin_and_plugins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    import scl_cli.objectives  # noqa: F401  (registers the built-in objectives)
-
-    for ep in entry_points(group="scl_cli.objectives"):
-        ep.load()
-    _loaded = True
+def objective_class(name: str) -> type[Objective]:
+    """The `Objective` subclass of a registered name (imported on first use)."""
+    if name not in _CLASSES:
+        known = registered_settings()
+        if name not in known:
+            raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(known))}")
+        module, _, attr = known[name].objective.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        if not (isinstance(cls, type) and issubclass(cls, Objective)):
+            raise TypeError(f"{known[name].objective} (objective {name!r}) is not an Objective subclass")
+        _CLASSES[name] = cls
+    return _CLASSES[name]
 
 
 def registered() -> dict[str, type[Objective]]:
-    _load_builtin_and_plugins()
-    return dict(_REGISTRY)
-
-
-def validate_objectives(raw: dict[str, Any]) -> dict[str, ObjectiveSettings]:
-    """Turn the recipe's `[objectives]` tables into validated settings.
-
-    A missing table means the paper's set with its weights; a present one enables exactly the
-    objectives it names. Raises ValueError naming the objective and field.
-    """
-    known = registered()
-    if not raw:
-        return {name: cls.Settings(weight=cls.default_weight) for name, cls in known.items() if cls.pretraining}
-    out: dict[str, ObjectiveSettings] = {}
-    for name, table in raw.items():
-        if isinstance(table, ObjectiveSettings):
-            out[name] = table
-            continue
-        if name not in known:
-            raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(known))}")
-        if not isinstance(table, dict):
-            raise ValueError(f"objectives.{name} must be a table, got {table!r}")
-        try:
-            out[name] = known[name].Settings(**table)
-        except ValidationError as err:
-            first = err.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise ValueError(
-                f"objectives.{name}.{loc}: {first['msg']} (got {first.get('input')!r})"
-            ) from None
-    return out
+    """Every known objective class by name (imports them all: for listings, not for validation)."""
+    return {name: objective_class(name) for name in registered_settings()}
 
 
 def build_objectives(settings: dict[str, ObjectiveSettings]) -> dict[str, Objective]:
     """Instantiate the enabled objectives (weight > 0), in the recipe's order."""
-    known = registered()
-    return {name: known[name](s) for name, s in settings.items() if s.weight > 0}
+    return {name: objective_class(name)(s) for name, s in settings.items() if s.weight > 0}

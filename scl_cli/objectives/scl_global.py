@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
+from scl_cli.config.objectives import SCLGlobalSettings
+from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import symmetric_contrastive_loss
-from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
-from scl_cli.training.step_context import StepContext
-
-
-class SCLGlobalSettings(ObjectiveSettings):
-    temperature: float = Field(0.03, gt=0)
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def frame_class_tokens(stream: torch.Tensor, frames: int) -> torch.Tensor:
@@ -27,7 +23,6 @@ def frame_class_tokens(stream: torch.Tensor, frames: int) -> torch.Tensor:
     return stream.unflatten(1, (frames, -1))[:, :, 0]
 
 
-@register
 class SCLGlobal(Objective):
     name = "scl_global"
     Settings = SCLGlobalSettings
@@ -40,7 +35,7 @@ class SCLGlobal(Objective):
         ctx.request_fusion("scl_masked_image", text="full", image="drop")
         ctx.request_fusion("scl_masked_text", text="scl", image="full")
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def loss(self, ctx: StepContext) -> LossOutput:
         t = self.settings.temperature
         masked_image, masked_text = ctx.fused("scl_masked_image"), ctx.fused("scl_masked_text")
         pred_frames = F.normalize(frame_class_tokens(masked_image.image, ctx.frames), dim=-1)

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
+from scl_cli.config.objectives import SCLLocalSettings
+from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import symmetric_contrastive_loss
-from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
-from scl_cli.training.step_context import StepContext
-
-
-class SCLLocalSettings(ObjectiveSettings):
-    temperature: float = Field(0.03, gt=0)
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def tokens_at(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -28,12 +24,10 @@ def tokens_at(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return picked.flatten(0, 1)
 
 
-@register
 class SCLLocal(Objective):
     name = "scl_local"
     Settings = SCLLocalSettings
     settings: SCLLocalSettings
-    default_weight = 0.2
 
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("full", "scl"), ("full", "drop", "masktok")
@@ -43,7 +37,7 @@ class SCLLocal(Objective):
         ctx.request_fusion("scl_masked_text", text="scl", image="full")
         ctx.request_fusion("scl_masktok_image", text="full", image="masktok")
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def loss(self, ctx: StepContext) -> LossOutput:
         t = self.settings.temperature
         image_pos = ctx.masked_image_positions()
         pred = tokens_at(ctx.fused("scl_masktok_image").image, image_pos)

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
+from scl_cli.config.objectives import VQASettings
 from scl_cli.model.task_heads import add_vqa_head
+from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import at_least_fp32
-from scl_cli.objectives.registry import Objective, ObjectiveSettings, register
-from scl_cli.training.step_context import StepContext
-
-
-class VQASettings(ObjectiveSettings):
-    answers: int = Field(0, ge=0, description="Answer vocabulary size; 0 = that of the data set.")
+from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def vqa_logits(ctx: StepContext) -> torch.Tensor:
@@ -29,10 +25,8 @@ def vqa_logits(ctx: StepContext) -> torch.Tensor:
     return model.vqa_head(model.pooled(out, ctx.frames))
 
 
-@register
 class VQA(Objective):
     name = "vqa"
-    pretraining = False
     Settings = VQASettings
     settings: VQASettings
 
@@ -43,7 +37,15 @@ class VQA(Objective):
             add_vqa_head(model, self.settings.answers)
         return ["vqa_head."]
 
-    def loss(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def probe_fields(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows, device = batch["text_ids"].shape[0], batch["text_ids"].device
+        answers = model.vqa_head[-1].out_features
+        return {
+            "question_image": torch.zeros(rows, dtype=torch.long, device=device),
+            "vqa_targets": torch.zeros(rows, answers, device=device),
+        }
+
+    def loss(self, ctx: StepContext) -> LossOutput:
         logits = at_least_fp32(vqa_logits(ctx))
         targets = ctx.batch["vqa_targets"].to(logits.dtype)
         # Mean over questions of the summed per-answer BCE: the paper code's mean * n_answers.

@@ -27,9 +27,15 @@ import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from scl_cli.config import Recipe, recipe_to_toml
+from scl_cli.config.recipe import TopologyConfig
+from scl_cli.data.manifests import check_train_data
 from scl_cli.errors import SclError, UsageError
-from scl_cli.recipe.schema import TopologyConfig
+from scl_cli.reporting import Reporter
+from scl_cli.training.run import result_from_run
+from scl_cli.training.trainer import TrainResult
 
 DEFAULT_PORT = 29500
 LAUNCHED_ENV = "SCL_LAUNCHED"  # set for the processes `run_torchrun` starts
@@ -167,20 +173,6 @@ def adopt_slurm_tasks(topology: TopologyConfig, env: dict[str, str] | None = Non
     return True
 
 
-def die_with_parent() -> None:
-    """Linux: make this process exit when torchrun's agent dies, even by SIGKILL (its workers live
-    in sessions of their own, so a killed process group would otherwise leave them running)."""
-    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-
-
 def is_main_process(env: Mapping[str, str] | None = None) -> bool:
     """Rank 0, or not a distributed process at all: the one process that reports."""
     env = os.environ if env is None else env
@@ -191,3 +183,45 @@ def launched_by_scl(env: Mapping[str, str] | None = None) -> bool:
     """True in the processes `scl` started through torchrun (their launcher sums the run up)."""
     env = os.environ if env is None else env
     return env.get(LAUNCHED_ENV) == "1" and inside_torchrun(env)
+
+
+def launch_run(
+    recipe: Recipe,
+    command: str,
+    resume: bool,
+    reporter: Reporter,
+    launch_args: list[str] | None,
+    datasets: list[str] | None = None,
+    split: str | None = None,
+    extra_args: list[str] | None = None,
+) -> TrainResult:
+    """Start this node's part of a `scl COMMAND` run (pretrain, finetune) under torchrun, or print
+    every node's command. `launch_args`: the `scl` arguments each process gets (None: the resolved
+    recipe is written to OUTPUT/launch-recipe.toml and passed, with `extra_args`)."""
+    topo, data = recipe.topology, recipe.data
+    # Caught here once, before any process starts, rather than by every rank.
+    check_train_data(data.root, datasets or data.train, split or data.split, topo.world_size, data.num_workers)
+    run_dir = Path(recipe.output.dir)
+    if launch_args is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = run_dir / "launch-recipe.toml"
+        resolved.write_text(recipe_to_toml(recipe), encoding="utf-8")
+        launch_args = [command, str(resolved), *(extra_args or []), *(["--resume"] if resume else []), "--plain"]
+    plan = plan_launch(topo)
+    if plan.node_rank is None:
+        commands = per_node_commands(plan, launch_args)
+        reporter.info(
+            f"topology asks for {topo.nodes} nodes x {topo.devices_per_node} devices: start on each node "
+            "(node 0 first; replace MASTER_HOST by node 0's address, or set NODE_RANK and MASTER_ADDR "
+            "and run the same scl command on every node):"
+        )
+        for rank, command in enumerate(commands):
+            reporter.info(f"node {rank}: {command}")
+        return TrainResult(run_dir, 0)
+    where = f"node {plan.node_rank} of {plan.nnodes}, " if plan.nnodes > 1 else ""
+    reporter.info(
+        f"launching torchrun: {where}{plan.nproc_per_node} process(es) per node ({topo.strategy}, "
+        f"device {topo.device})"
+    )
+    run_torchrun(torchrun_command(plan, launch_args))
+    return result_from_run(run_dir)

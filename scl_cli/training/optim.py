@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from scl_cli.recipe.schema import OptimConfig
+from scl_cli.config.recipe import OptimConfig
 
 PARTS = ("encoder", "fusion", "head")
 

@@ -1,14 +1,7 @@
-"""Data parallelism for the pre-training step: DDP or FSDP2, and checkpoint I/O that works for both.
+"""Data parallelism for the training step: DDP or FSDP2, and checkpoint I/O that works for both.
 
-DDP needs to know which parameters a backward pass reaches. Instead of
-`find_unused_parameters=True` (a graph traversal after every forward, and silently wrong
-gradients if a parameter is used on some steps only), the parameters that the recipe's step
-can never reach are frozen before wrapping: `freeze_unreachable` runs the step once on the
-meta device (shapes only, no memory, no data) and freezes every parameter that got no gradient —
-`vision.temporal_embedding` for still images, the fusion and heads when only ITC is on, the
-mask token without local SCL, ... They keep their initial values, stay in checkpoints, and take
-no optimizer state. Then DDP runs with `find_unused_parameters=False` and errors loudly if a
-later step ever uses a parameter differently.
+DDP runs with `find_unused_parameters=False`: what the step can never reach is frozen before
+wrapping (`training.freeze`), and DDP errors loudly if a later step uses a parameter differently.
 
 FSDP2 (`fully_shard`) shards every ViT block, RoBERTa layer and fusion layer, then the step
 module as the root (its `forward` is what the trainer calls, so the root's parameters — embeddings,
@@ -21,59 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from scl_cli.objectives.registry import Objective
-from scl_cli.recipe.schema import MaskingConfig, TopologyConfig
-from scl_cli.training.masking import TextSpec
+from scl_cli.config.recipe import TopologyConfig
 from scl_cli.training.runtime import Runtime
-
-
-# ----------------------------------------------------------------------------- unreachable parameters
-def unreachable_parameters(
-    model: nn.Module,
-    objectives: dict[str, Objective],
-    masking: MaskingConfig,
-    spec: TextSpec,
-    frames: int = 1,
-) -> list[str]:
-    """Names of `model`'s trainable parameters that the pre-training step over these objectives
-    gives no gradient, for clips of `frames` frames. Found by one forward and backward of a
-    shape-only copy of the model on the meta device (costs no memory and reads no data)."""
-    from scl_cli.training.pretrain_step import PretrainStep
-
-    meta = torch.device("meta")
-    fresh = {name: type(obj)(obj.settings) for name, obj in objectives.items()}
-    with meta:
-        probe = type(model)(model.config, model.vocab_size, model.pad_token_id)
-        for obj in fresh.values():  # task heads that objectives add (fine-tuning)
-            setup = getattr(obj, "setup_model", None)
-            if setup is not None:
-                setup(probe)
-    probe.train()
-    step = PretrainStep(probe, fresh, masking, spec.to(meta))
-    vision, text = model.config.vision, model.config.text
-    rows = 2
-    batch = {
-        "images": torch.empty(rows, frames, 3, vision.image_size, vision.image_size, device=meta),
-        "text_ids": torch.empty(rows, text.max_len, dtype=torch.long, device=meta),
-        "text_mask": torch.empty(rows, text.max_len, dtype=torch.long, device=meta),
-    }
-    step(batch)["total"].backward()
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return [name for name, p in probe.named_parameters() if p.grad is None and name in trainable]
-
-
-def freeze_unreachable(
-    model: nn.Module,
-    objectives: dict[str, Objective],
-    masking: MaskingConfig,
-    spec: TextSpec,
-    frames: int = 1,
-) -> list[str]:
-    """Freeze (`requires_grad = False`) what `unreachable_parameters` finds; returns the names."""
-    names = unreachable_parameters(model, objectives, masking, spec, frames)
-    for name in names:
-        model.get_parameter(name).requires_grad_(False)
-    return names
 
 
 # ----------------------------------------------------------------------------- wrapping

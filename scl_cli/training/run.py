@@ -3,30 +3,34 @@ metrics, checkpoints and exact resume around the Trainer."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scl_cli.data.loader import build_pretrain_loader, source_media
+from scl_cli.config import Recipe
+from scl_cli.data.manifests import source_media
+from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.errors import UsageError
-from scl_cli.recipe import Recipe
+from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_model_weights
 from scl_cli.reporting import NullReporter, Reporter
-from scl_cli.training.checkpoint import load_checkpoint, load_model_weights
-from scl_cli.training.metrics import MetricsLogger
+from scl_cli.training.checkpointing import write_checkpoint_fn
+from scl_cli.training.freeze import freeze_unreachable
+from scl_cli.training.loggers import METRICS_FILE, MetricsLogger
 from scl_cli.training.optim import build_optimizer, build_scheduler
-from scl_cli.training.parallel import freeze_unreachable, wrap_data_parallel
-from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.training.parallel import wrap_data_parallel
 from scl_cli.training.runtime import Runtime
-from scl_cli.training.trainer import Trainer, TrainResult, TrainState, write_checkpoint_fn
+from scl_cli.training.step import TrainStep
+from scl_cli.training.trainer import Trainer, TrainResult, TrainState
 
 
 def run_training(
     recipe: Recipe,
     model: Any,
     tokenizer: TextTokenizer,
-    step_module: PretrainStep,
+    step_module: TrainStep,
     runtime: Runtime,
     run_dir: Path,
     *,
@@ -80,7 +84,7 @@ def run_training(
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
     scheduler = build_scheduler(optimizer, recipe.optim)
     state = TrainState()
-    metrics = MetricsLogger(run_dir, tensorboard=recipe.log.tensorboard, enabled=runtime.is_main)
+    metrics = MetricsLogger(run_dir, loggers=recipe.log.loggers, enabled=runtime.is_main)
     with tempfile.TemporaryDirectory() as tmp:
         files = dict(extra_files or {})
         if "tokenizer.json" not in files:
@@ -103,7 +107,7 @@ def run_training(
             state = trainer.load_training_state(saved)
             step_module.draws = state.micro_batches  # the masks' random stream goes on from there
             metrics.truncate_after(state.step)
-        loader = build_pretrain_loader(
+        loader = build_train_loader(
             data_root=recipe.data.root,
             datasets=datasets,
             weights=recipe.data.weights if len(datasets) > 1 else None,
@@ -133,3 +137,25 @@ def run_training(
             return trainer.fit(batches, state, run_dir)
         finally:
             metrics.close()
+
+
+def result_from_run(run_dir: Path) -> TrainResult:
+    """A TrainResult read back from a run directory (metrics.jsonl and checkpoints), for the
+    process that launched the ranks."""
+    history = []
+    metrics_file = Path(run_dir) / METRICS_FILE
+    if metrics_file.exists():
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                history.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    losses = [row["loss"] for row in history if row.get("loss") is not None]
+    return TrainResult(
+        run_dir=Path(run_dir),
+        steps=int(history[-1]["step"]) if history else 0,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        last_checkpoint=latest_checkpoint(run_dir) if Path(run_dir).exists() else None,
+        history=history,
+    )

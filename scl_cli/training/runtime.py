@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import signal
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from scl_cli.config.recipe import TopologyConfig
 from scl_cli.errors import UsageError
-from scl_cli.recipe.schema import TopologyConfig
 
 
 @dataclass
@@ -82,8 +84,6 @@ def setup_runtime(topology: TopologyConfig) -> Runtime:
     device = resolve_device(topology, local_rank)
     owns = False
     if world > 1 and not dist.is_initialized():
-        from scl_cli.training.launch import die_with_parent
-
         die_with_parent()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owns = True
@@ -97,3 +97,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def die_with_parent() -> None:
+    """Linux: make this process exit when torchrun's agent dies, even by SIGKILL (its workers live
+    in sessions of their own, so a killed process group would otherwise leave them running)."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return

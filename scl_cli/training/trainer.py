@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from scl_cli.reporting import Reporter
-from scl_cli.training.checkpoint import capture_rng_state, restore_rng_state, save_checkpoint
-from scl_cli.training.metrics import MetricsLogger
+from scl_cli.training.loggers import MetricsLogger
 from scl_cli.training.parallel import StateIO
 from scl_cli.training.runtime import Runtime
+from scl_cli.training.state import capture_rng_state, restore_rng_state
 
 
 @dataclass
@@ -34,7 +34,7 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs `step_module` (a PretrainStep, possibly DDP/FSDP-wrapped) until `max_steps`.
+    """Runs `step_module` (a TrainStep, possibly DDP/FSDP-wrapped) until `max_steps`.
 
     `save_fn(step, training_state)` writes a checkpoint (rank 0; every rank calls it); it is called
     every `checkpoint_every` steps, at the end, and when a one-process run is interrupted with
@@ -240,39 +240,3 @@ class Trainer:
         values["data_wait"] = min(self.data_wait / max(seconds, 1e-9), 1.0)  # this rank's share
         self.data_wait = 0.0
         return values
-
-
-def write_checkpoint_fn(
-    run_dir: Path,
-    model: nn.Module,
-    config: dict,
-    extra_files: dict,
-    keep_last: int,
-    runtime: Runtime,
-    state_io: StateIO | None = None,
-):
-    """A `save_fn` for Trainer: rank 0 writes, every rank waits until the checkpoint is complete.
-    Call it on every rank (under FSDP gathering the full state dict is a collective)."""
-    state_io = state_io or StateIO()
-
-    def save(step: int, training_state: dict) -> Path | None:
-        path = None
-        state_dict = state_io.model_state()
-        if runtime.is_main:
-            path = save_checkpoint(
-                run_dir,
-                step,
-                model,
-                {**config, "step": step},
-                training_state,
-                extra_files,
-                keep_last=keep_last,
-                state_dict=state_dict,
-            )
-        if runtime.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-        return path
-
-    return save

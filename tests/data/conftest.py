@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scl_cli.prepare import prepare_shapes
+from scl_cli.engines.prepare import prepare_shapes
 
 TINY = {"images": 40, "seed": 0, "image_size": 64, "shard_size": 10}  # train 32 (4 shards), val 4, test 4
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from scl_cli.data.loader import bounded_shuffle, build_pretrain_loader
+from scl_cli.data.sampling import bounded_shuffle
+from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
-from scl_cli.data.transforms import ImageTransform, normalize, random_resized_crop_box, to_model_input
+from scl_cli.data.transforms import ImageTransform, random_resized_crop_box
 from scl_cli.errors import DataError
+from scl_cli.model.preprocess import normalize, to_model_input
 
 BATCH, SIZE, MAX_LEN = 4, 32, 20
 
@@ -31,7 +33,7 @@ def batches(
         max_len=MAX_LEN, batch_size=BATCH, seed=7, num_workers=2, shuffle_buffer=8,
     )  # fmt: skip
     args.update(overrides)
-    stream = iter(build_pretrain_loader(**args))
+    stream = iter(build_train_loader(**args))
     return [next(stream) for _ in range(n)]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scl_cli.prepare import PrepareSummary, prepare
+from scl_cli.engines.prepare import PrepareSummary, prepare
 
 from .realdata import by_id, check_manifest, make_coco, skipped
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scl_cli.prepare import prepare
+from scl_cli.engines.prepare import prepare
 
 from .realdata import by_id, check_manifest, make_f30k, skipped
 

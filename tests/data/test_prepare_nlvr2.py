@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from scl_cli.prepare import prepare
+from scl_cli.engines.prepare import prepare
 
 from .realdata import by_id, check_manifest, make_nlvr2, skipped
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from scl_cli.data.loader import build_pretrain_loader
+from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import train_bpe_tokenizer
-from scl_cli.prepare import PREPARERS, prepare
+from scl_cli.engines.prepare import prepare, preparers
 
 from .realdata import make_coco, make_img2dataset, make_vg
 
@@ -26,8 +26,8 @@ def test_recipe_data_set_names_can_be_prepared() -> None:
         for key in ("dataset", "train", "datasets"):
             value = data.get(key)
             names |= {value} if isinstance(value, str) else set(value or [])
-    assert names <= set(PREPARERS), names - set(PREPARERS)
-    assert {"coco", "vg", "sbu", "cc3m", "f30k", "vqav2", "nlvr2"} <= set(PREPARERS)
+    assert names <= set(preparers()), names - set(preparers())
+    assert {"coco", "vg", "sbu", "cc3m", "f30k", "vqav2", "nlvr2"} <= set(preparers())
 
 
 def test_pretraining_loader_reads_the_four_data_sets(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_pretraining_loader_reads_the_four_data_sets(tmp_path: Path) -> None:
     prepare("sbu", root, webdataset=[tmp_path / "sbu-wds"], **common)
     prepare("cc3m", root, webdataset=[tmp_path / "cc3m-wds"], **common)
     tokenizer = train_bpe_tokenizer(["a photo of a bus station", "man wearing hat", "a printed poster"], 300)
-    loader = build_pretrain_loader(root, ["coco", "vg", "sbu", "cc3m"], None, "train", tokenizer, image_size=32,
+    loader = build_train_loader(root, ["coco", "vg", "sbu", "cc3m"], None, "train", tokenizer, image_size=32,
                                    max_len=16, batch_size=6, seed=0, num_workers=0, shuffle_buffer=4)  # fmt: skip
     batch = next(iter(loader))
     assert batch["images"].shape == (6, 1, 3, 32, 32) and batch["text_ids"].shape[0] == 6

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from scl_cli.engines.prepare import prepare
 from scl_cli.errors import DataError
-from scl_cli.prepare import prepare
 
 from .http_fixture import ImageServer
 from .realdata import by_id, check_manifest, skipped

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from scl_cli.data.sources.base import iter_json_array
-from scl_cli.prepare import prepare
+from scl_cli.engines.prepare import prepare
 
 from .realdata import by_id, check_manifest, make_vg, skipped
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scl_cli.data.vqa_answers import answer_labels, build_vocabulary, normalize_answer, soft_score
-from scl_cli.prepare import prepare
+from scl_cli.engines.prepare import prepare
 
 from .realdata import by_id, check_manifest, make_vqav2, skipped
 

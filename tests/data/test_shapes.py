@@ -14,8 +14,8 @@ from PIL import Image
 
 from scl_cli.data.shapes import COLORS, GRID, NUMBER_WORDS, ShapeObject, holds, objects_from_json
 from scl_cli.data.shards import iter_tar_samples, read_manifest, sha256_file, verify_shards
+from scl_cli.engines.prepare import PrepareSummary, prepare, prepare_shapes
 from scl_cli.errors import DataError, UsageError
-from scl_cli.prepare import PrepareSummary, prepare, prepare_shapes
 
 from .conftest import TINY
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from scl_cli.data.loader import build_pretrain_loader
+from scl_cli.config.recipe import VisionConfig
 from scl_cli.data.shapes_clips import DIRECTIONS, generate_clip
+from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import load_tokenizer
 from scl_cli.data.transforms import ImageTransform
 from scl_cli.data.video import VideoError, check_video, decode_clip, segment_frames
 from scl_cli.model.vision import VisionEncoder
-from scl_cli.recipe.schema import VisionConfig
 
 
 def counting_clip(frames: int, size: int = 32) -> bytes:
@@ -121,7 +121,7 @@ def test_mixed_batches_are_homogeneous_and_resume_exactly(shapes_root: Path) -> 
     tok = load_tokenizer("dataset", shapes_root, "shapes")
 
     def loader(start: int = 0):
-        return iter(build_pretrain_loader(shapes_root, ["shapes", "shapes:clips"], [1.0, 1.0], "train", tok, 32,
+        return iter(build_train_loader(shapes_root, ["shapes", "shapes:clips"], [1.0, 1.0], "train", tok, 32,
                                           16, 4, seed=3, num_workers=0, start_batch=start, num_frames=3))  # fmt: skip
 
     batches = [next(it) for it in [loader()] for _ in range(8)]

@@ -196,8 +196,8 @@ def test_msrvtt_frozen_layout_caption_index(tmp_path: Path, clips: dict[str, byt
 
 
 def test_msrvtt_unsafe_pickle_and_missing_files_are_errors(tmp_path: Path) -> None:
+    from scl_cli.engines.prepare import prepare
     from scl_cli.errors import DataError, UsageError
-    from scl_cli.prepare import prepare
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no MSRVTT_JSFUSION_test.csv or val_list_jsfusion.txt"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scl_cli.evaluation.retrieval_search import RetrievalScores, recall_at_k_two_stage, two_stage_scores
 from scl_cli.metrics import retrieval_recall
+from scl_cli.search.ranking import RetrievalScores, recall_at_k_two_stage, two_stage_scores
 
 N_IMAGES, PER_IMAGE, DIM = 23, 3, 8
 TEXT_TO_IMAGE = torch.arange(N_IMAGES).repeat_interleave(PER_IMAGE)

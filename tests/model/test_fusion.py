@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from scl_cli.config.recipe import FusionConfig
 from scl_cli.model.fusion import CrossLayer, FusionEncoder
-from scl_cli.recipe.schema import FusionConfig
 
 # `cross_modal_text_layers.0.` entries of /work/shared/official_scl_keys.txt (published checkpoint).
 OFFICIAL_LAYER_KEYS = {

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from scl_cli.config.recipe import ModelConfig
 from scl_cli.errors import CheckpointError
+from scl_cli.io.checkpoints import load_model_weights
 from scl_cli.model import SCLModel
 from scl_cli.model.official import (
     OFFICIAL_PAD_ID,
@@ -24,8 +26,6 @@ from scl_cli.model.official import (
     official_name,
     plan_official,
 )
-from scl_cli.recipe.schema import ModelConfig
-from scl_cli.training.checkpoint import load_model_weights
 
 from ..conftest import ROOT
 

@@ -13,14 +13,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import RobertaConfig, RobertaModel
 
+from scl_cli.config import load_recipe
+from scl_cli.config.recipe import FusionConfig, ModelConfig, TextConfig, VisionConfig
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer, train_bpe_tokenizer
+from scl_cli.engines.pretrain import build, pretrain
 from scl_cli.errors import CheckpointError, UsageError
 from scl_cli.model import SCLModel
-from scl_cli.model.pretrained import load_text_weights, load_vision_weights
 from scl_cli.model.vision import VisionEncoder, interpolate_positional_embedding
-from scl_cli.pretrain import build, pretrain
-from scl_cli.recipe import load_recipe
-from scl_cli.recipe.schema import FusionConfig, ModelConfig, TextConfig, VisionConfig
+from scl_cli.model.weights import load_text_weights, load_vision_weights
 
 from ..conftest import RECIPES
 
@@ -307,8 +307,8 @@ def test_base_recipe_runs_with_local_copies(
 
 
 def test_fine_tuning_may_switch_on_attention_across_frames_but_not_change_shapes():
+    from scl_cli.config.recipe import ModelConfig, VisionConfig
     from scl_cli.model.loading import merge_model_config
-    from scl_cli.recipe.schema import ModelConfig, VisionConfig
 
     saved = ModelConfig(vision=VisionConfig(width=64, layers=2, heads=2))
     merged = merge_model_config(saved, ModelConfig(vision=VisionConfig(temporal_attention=True)), "ckpt")

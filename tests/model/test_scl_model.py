@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scl_cli.config.recipe import FusionConfig, ModelConfig, TextConfig, VisionConfig
 from scl_cli.errors import UsageError
 from scl_cli.model import FusionOutput, ImageEncoding, SCLModel
-from scl_cli.recipe.schema import FusionConfig, ModelConfig, TextConfig, VisionConfig
 
 VOCAB, PAD = 100, 1
 TOP_LEVEL = {

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from scl_cli.config.recipe import VisionConfig
 from scl_cli.model.vision import VisionEncoder, interpolate_positional_embedding, keep_patches
-from scl_cli.recipe.schema import VisionConfig
 
 GRID = 4  # 32 px / patch 8
 N = GRID * GRID

@@ -2,7 +2,7 @@
 
 import torch
 
-from scl_cli.training import masking as M
+from scl_cli.objectives import masking as M
 
 SPECIALS = torch.tensor([0, 1, 2, 3, 4])  # <s> <pad> </s> <unk> <mask>
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from scl_cli.objectives import build_objectives, registered, validate_objectives
 from scl_cli.objectives.itm import hard_other_index, random_other_index
-from scl_cli.training.masking import StepRandom, TextMask
+from scl_cli.objectives.masking import StepRandom, TextMask
 
 from .test_contrastive import reference
 

@@ -18,18 +18,19 @@ import torch
 from torch import nn
 
 from scl_cli.errors import CheckpointError
-from scl_cli.training.checkpoint import (
-    build_training_state,
-    capture_rng_state,
+from scl_cli.io.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_model_weights,
-    load_tensor_file,
-    refuse_pickle,
+    save_checkpoint,
+)
+from scl_cli.io.tensors import load_tensor_file, load_torch_file
+from scl_cli.training.state import (
+    build_training_state,
+    capture_rng_state,
     restore_rng_state,
     restore_training_state,
-    save_checkpoint,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +246,7 @@ class Opaque:
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     torch.save({"obj": Opaque()}, tmp_path / "unsafe.pt")
     with pytest.raises(CheckpointError, match="arbitrary unpickling.*safetensors") as info:
-        refuse_pickle(tmp_path / "unsafe.pt")
+        load_torch_file(tmp_path / "unsafe.pt")
     assert str(tmp_path / "unsafe.pt") in str(info.value)
     with pytest.raises(CheckpointError, match="arbitrary unpickling"):
         load_tensor_file(tmp_path / "unsafe.pt")
@@ -254,7 +255,7 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     assert torch.equal(load_tensor_file(tmp_path / "plain.pt")["w"], torch.ones(2))
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="not a readable torch file"):
-        refuse_pickle(tmp_path / "junk.pt")
+        load_torch_file(tmp_path / "junk.pt")
 
 
 def test_training_state_needing_unpickling_is_refused(tmp_path: Path) -> None:
@@ -270,7 +271,7 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     import torch
-    from scl_cli.training.checkpoint import save_checkpoint
+    from scl_cli.io.checkpoints import save_checkpoint
 
     run, model, step = Path(sys.argv[1]), torch.nn.Linear(256, 256), 0
     while True:

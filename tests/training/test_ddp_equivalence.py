@@ -18,9 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from scl_cli.model import SCLModel
-from scl_cli.objectives import build_objectives, validate_objectives
-from scl_cli.recipe.schema import (
+from scl_cli.config.recipe import (
     FusionConfig,
     MaskingConfig,
     ModelConfig,
@@ -28,10 +26,13 @@ from scl_cli.recipe.schema import (
     TopologyConfig,
     VisionConfig,
 )
-from scl_cli.training.masking import TextSpec
-from scl_cli.training.parallel import freeze_unreachable, wrap_data_parallel
-from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.model import SCLModel
+from scl_cli.objectives import build_objectives, validate_objectives
+from scl_cli.objectives.masking import TextSpec
+from scl_cli.training.freeze import freeze_unreachable
+from scl_cli.training.parallel import wrap_data_parallel
 from scl_cli.training.runtime import Runtime
+from scl_cli.training.step import TrainStep
 
 WORLD, GLOBAL_BATCH, VOCAB, PAD, L, SEED = 2, 8, 60, 1, 10, 5
 SPEC = TextSpec(VOCAB, PAD, 4, torch.arange(5), torch.ones(VOCAB, dtype=torch.bool))
@@ -74,7 +75,7 @@ def run_step(objectives: dict, strategy: str, runtime: Runtime, batch: dict) -> 
     """One forward/backward as pretrain() sets it up; logs averaged over ranks (as the trainer
     logs them) and every trainable parameter's gradient (DDP-averaged / unsharded)."""
     model = tiny_model()
-    step = PretrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, SEED)
+    step = TrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, SEED)
     freeze_unreachable(model, step.objectives, step.masking, SPEC)
     wrapped, _ = wrap_data_parallel(step, model, TopologyConfig(strategy=strategy), runtime)
     logs = wrapped(batch)

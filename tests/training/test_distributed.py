@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from scl_cli.training.distributed import (
+from scl_cli.distributed import (
     all_reduce_sum,
     barrier,
     dist_info,

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
+from scl_cli.config import load_recipe
+from scl_cli.config.recipe import TopologyConfig
+from scl_cli.engines.pretrain import pretrain
 from scl_cli.errors import UsageError
-from scl_cli.pretrain import pretrain
-from scl_cli.recipe import load_recipe
-from scl_cli.recipe.schema import TopologyConfig
 from scl_cli.training import launch
 
 from ..conftest import RECIPES, tiny_overrides

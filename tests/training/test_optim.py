@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from scl_cli.recipe.schema import OptimConfig
+from scl_cli.config.recipe import OptimConfig
 from scl_cli.training.optim import build_optimizer, build_param_groups, build_scheduler, lr_factor
 
 

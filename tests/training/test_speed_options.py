@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scl_cli.config.recipe import MaskingConfig
 from scl_cli.objectives import build_objectives, validate_objectives
-from scl_cli.recipe.schema import MaskingConfig
-from scl_cli.training.parallel import transformer_layers, unreachable_parameters
-from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.training.freeze import unreachable_parameters
+from scl_cli.training.parallel import transformer_layers
+from scl_cli.training.step import TrainStep
 
 from .test_step_context import ALL, SPEC, make_batch, tiny_model
 
@@ -22,7 +23,7 @@ def losses_and_grads(objectives: dict, checkpointing: bool = False, compile_back
     if compile_backend is not None:
         for layer in transformer_layers(model):
             layer.compile(backend=compile_backend)
-    step = PretrainStep(
+    step = TrainStep(
         model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, seed=3
     )
     torch.manual_seed(11)  # dropout draws; masks come from the step's own seed

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from scl_cli.config.recipe import FusionConfig, MaskingConfig, ModelConfig, TextConfig, VisionConfig
 from scl_cli.model import SCLModel
 from scl_cli.objectives import build_objectives, validate_objectives
-from scl_cli.recipe.schema import FusionConfig, MaskingConfig, ModelConfig, TextConfig, VisionConfig
-from scl_cli.training.masking import TextSpec
-from scl_cli.training.pretrain_step import PretrainStep
+from scl_cli.objectives.masking import TextSpec
+from scl_cli.training.step import TrainStep
 
 VOCAB, PAD, B, L = 60, 1, 4, 10
 SPEC = TextSpec(VOCAB, PAD, 4, torch.arange(5), torch.ones(VOCAB, dtype=torch.bool))
@@ -44,8 +44,8 @@ def make_batch(frames: int = 1) -> dict[str, torch.Tensor]:
     return {"images": torch.randn(B, frames, 3, 32, 32, generator=g), "text_ids": ids, "text_mask": mask}
 
 
-def step(model, objectives) -> PretrainStep:
-    return PretrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC)
+def step(model, objectives) -> TrainStep:
+    return TrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC)
 
 
 def count_calls(monkeypatch, model: SCLModel) -> dict[str, list]:
@@ -112,7 +112,7 @@ def test_batched_encoder_passes_give_the_losses_and_gradients_of_separate_ones()
 
 
 def test_a_mask_does_not_depend_on_which_draws_came_before():
-    from scl_cli.training.masking import StepRandom
+    from scl_cli.objectives.masking import StepRandom
 
     first = StepRandom(0, 3, torch.device("cpu"), rows=4)
     first.uniform(7, stream="mlm")
@@ -142,7 +142,7 @@ def test_dropped_patches_get_no_gradient_through_the_step():
     model = tiny_model()
     batch = make_batch()
     batch["images"].requires_grad_(True)
-    from scl_cli.training.step_context import StepContext
+    from scl_cli.objectives.context import StepContext
 
     ctx = StepContext(model, batch, MaskingConfig(), SPEC)
     enc = ctx.image("drop")
@@ -160,7 +160,7 @@ def test_video_batches_run_every_objective():
 
 
 def test_reversed_variant_is_the_clip_played_backwards_and_costs_one_more_vision_pass(monkeypatch):
-    from scl_cli.training.step_context import StepContext
+    from scl_cli.objectives.context import StepContext
 
     model = tiny_model().eval()
     with torch.no_grad():
@@ -176,7 +176,7 @@ def test_reversed_variant_is_the_clip_played_backwards_and_costs_one_more_vision
 
 
 def test_fusion_request_conflict_is_an_error():
-    from scl_cli.training.step_context import StepContext
+    from scl_cli.objectives.context import StepContext
 
     ctx = StepContext(tiny_model(), make_batch(), MaskingConfig(), SPEC)
     ctx.request_fusion("x", "full", "full")
@@ -186,8 +186,8 @@ def test_fusion_request_conflict_is_an_error():
 
 def test_rank_scores_of_two_image_variants_in_one_pass_equal_each_alone():
     from scl_cli.model.task_heads import add_rank_head
+    from scl_cli.objectives.context import StepContext
     from scl_cli.objectives.rank import rank_scores
-    from scl_cli.training.step_context import StepContext
 
     model = tiny_model().eval()
     add_rank_head(model)

@@ -1,0 +1,125 @@
+"""`scl index`, `scl retrieve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scl_cli.cli.app import PlainOpt, app
+
+
+@app.command("index")
+def index_(
+    ckpt: Annotated[
+        Path,
+        typer.Option(
+            "--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."
+        ),
+    ],
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images", help="Folder of images (jpg/png/webp/gif) and videos, searched recursively."
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="A prepared data set folder (with manifest.json) instead.")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="--data: the split to index.")] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Index folder (default: CKPT/indexes/NAME, found by `scl retrieve --ckpt`)."
+        ),
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="auto (exact below 50k vectors, else ivf) | flat | ivf | hnsw.")
+    ] = "auto",
+    add: Annotated[
+        bool,
+        typer.Option("--add", help="Append new images to an existing index (old ones are not re-embedded)."),
+    ] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 32,
+    frames: Annotated[
+        int, typer.Option("--frames", min=1, help="Frames per video (its feature: the mean over frames).")
+    ] = 4,
+    plain: PlainOpt = False,
+) -> None:
+    """Embed every image with the checkpoint's ITC projection into a faiss index (+ metadata and the
+    checkpoint's fingerprint). Interrupted? Run the same command again: finished parts are kept."""
+    from scl_cli.engines.index import index as index_engine
+    from scl_cli.reporting import make_reporter
+
+    reporter = make_reporter(force_plain=plain)
+    try:
+        s = index_engine(ckpt, out, images, data, split, kind, add, batch_size, frames, reporter)
+    except KeyboardInterrupt:
+        reporter.warn("interrupted: embedded parts are kept; run the same command again to resume")
+        raise
+    rows = [["index", str(s.path)], ["kind", s.kind + "".join(f" {k}={v}" for k, v in s.params.items())],
+            ["vectors", s.total], ["added", s.added]]  # fmt: skip
+    rows += [[f"skipped: {reason}", n] for reason, n in s.skipped.items()]
+    rows += [["resumed parts", s.resumed_parts]] if s.resumed_parts else []
+    rows += [["checkpoint fingerprint", s.fingerprint[:12]], ["time (s)", round(s.seconds, 1)],
+             ["images/s", round(s.images_per_s, 1)]]  # fmt: skip
+    reporter.table("scl index", ["", "value"], rows)
+
+
+@app.command()
+def retrieve(
+    query: Annotated[str | None, typer.Option("--query", help="Text to search images for.")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Image (or video) file: find similar images.")
+    ] = None,
+    index: Annotated[Path | None, typer.Option("--index", help="Index folder from `scl index`.")] = None,
+    ckpt: Annotated[
+        Path | None,
+        typer.Option("--ckpt", help="Checkpoint (default: the index's); alone, uses its newest index."),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option("--images", help="Search this folder: indexes it first (cached, new files appended)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Hits to show.")] = 10,
+    rerank: Annotated[
+        int,
+        typer.Option(
+            "--rerank",
+            min=0,
+            help="Re-score the top K with the fusion score (rank head or ITM); 0 = ITC only.",
+        ),
+    ] = 0,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the hits as JSON (for scripts) instead of a table.")
+    ] = False,
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="Also write a contact sheet PNG of the hits.")
+    ] = None,
+    plain: PlainOpt = False,
+) -> None:
+    """Search an index by text (--query) or by image (--image): stage 1 ITC from the index, stage 2
+    (--rerank K) the fusion score of the top K."""
+    import json as _json
+
+    from scl_cli.engines.retrieve import retrieve as retrieve_engine
+    from scl_cli.reporting import make_reporter
+
+    reporter = make_reporter(force_plain=plain)
+    result = retrieve_engine(query, image, index, ckpt, images, top_k, rerank, grid, reporter=reporter)
+    if json_out:
+        typer.echo(_json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        rows = [[h.rank, f"{h.score:.4f}" + (" *" if h.stage == "rerank" else ""), h.label + (" (missing)" if h.missing else ""),
+                 h.captions[0] if h.captions else ""] for h in result.hits]  # fmt: skip
+        scorer = "" if result.scorer == "itc" else f"; * = {result.scorer} of the top {result.rerank}"
+        reporter.table(f"{result.mode}: {result.query!r} ({result.index}; ITC cosine{scorer}; "
+                       f"search {1000 * result.seconds['search']:.1f} ms, re-rank {1000 * result.seconds['rerank']:.0f} ms)",
+                       ["rank", "score", "path", "caption"], rows)  # fmt: skip
+    if result.missing:
+        first = result.missing[0].label
+        reporter.warn(f"{len(result.missing)} of {len(result.hits)} hits are missing on disk (first: {first}) — "
+                      "rebuild the index (scl index) if the collection moved")  # fmt: skip
+    if grid is not None:
+        reporter.info(f"contact sheet: {grid}")

@@ -1,0 +1,72 @@
+"""`scl pretrain`, `scl finetune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scl_cli.cli.app import PlainOpt, RecipeArg, SetOpt, app
+
+
+@app.command()
+def pretrain(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest complete checkpoint.")
+    ] = False,
+    plain: PlainOpt = False,
+) -> None:
+    """Pre-train an SCL model as the recipe says (metrics in OUTPUT/metrics.jsonl, checkpoints in
+    OUTPUT/checkpoints/step-N/). A topology of several devices or nodes starts itself through
+    torchrun (or prints each node's command; see README, Distributed training)."""
+    from scl_cli.config import load_recipe
+    from scl_cli.engines.pretrain import pretrain as pretrain_engine
+    from scl_cli.reporting import make_reporter
+    from scl_cli.training.launch import is_main_process, launched_by_scl
+
+    loaded = load_recipe(recipe, set_ or [])
+    reporter = make_reporter(force_plain=plain, quiet=not is_main_process())
+    # What every torchrun process is started with, if the topology needs a launch.
+    launch_args = ["pretrain", str(recipe), *(f"--set={s}" for s in set_ or [])]
+    launch_args += ["--resume"] * resume + ["--plain"] * plain
+    result = pretrain_engine(loaded, resume=resume, reporter=reporter, launch_args=launch_args)
+    # One summary: from the launcher, or from rank 0 of a run started by torchrun/srun directly.
+    if result.first_loss is not None and is_main_process() and not launched_by_scl():
+        reporter.info(
+            f"finished step {result.steps}: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
+            f"checkpoint {result.last_checkpoint}"
+        )
+
+
+@app.command()
+def finetune(
+    recipe: RecipeArg,
+    ckpt: Annotated[
+        Path,
+        typer.Option("--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."),
+    ],
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue this run from its newest checkpoint.")] = False,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation at the end.")] = False,
+    plain: PlainOpt = False,
+) -> None:
+    """Fine-tune a checkpoint on the recipe's [task] (VQA, NLVR2, retrieval), then evaluate it."""
+    from scl_cli.config import load_recipe
+    from scl_cli.engines.finetune import finetune as finetune_engine
+    from scl_cli.reporting import make_reporter
+
+    loaded = load_recipe(recipe, set_ or [])
+    reporter = make_reporter(force_plain=plain)
+    result = finetune_engine(loaded, ckpt, resume=resume, reporter=reporter, evaluate_after=not no_eval)
+    train = result.train
+    if train.first_loss is not None:
+        reporter.info(f"finished step {train.steps}: loss {train.first_loss:.4f} -> {train.last_loss:.4f}; "
+                      f"checkpoint {train.last_checkpoint}")  # fmt: skip
+    if result.evaluation is not None:
+        report = result.evaluation
+        report.write_json(Path(loaded.output.dir) / "eval.json")
+        reporter.table(f"{report.task} on {report.dataset}/{report.split} ({report.samples} samples)",
+                       ["metric", "value", "baseline"], report.rows())  # fmt: skip

@@ -1,0 +1,289 @@
+"""The recipe: one pydantic model per TOML table. Every default lives here, once.
+
+`scl recipe show` prints the resolved recipe; everything else reads these objects. Nothing here
+imports torch: validating a recipe is instant. Objective tables are validated by the settings
+models of `config.objectives`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from scl_cli.config.objectives import validate_objectives
+
+
+class Section(BaseModel):
+    """Base for every table: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------- data
+class DataConfig(Section):
+    root: Path = Field(
+        Path("data"), description="Folder holding prepared data sets, one sub-folder per name."
+    )
+    train: list[str] = Field(["shapes"], description="Pre-training data sets (names under data.root).")
+    weights: list[float] | None = Field(None, description="Sampling weight per data set (default: by size).")
+    split: str = Field("train", description="Split read for training.")
+    num_workers: int = Field(2, ge=0, description="Loader worker processes per device.")
+    shuffle_buffer: int = Field(1000, ge=1, description="Samples held in the shuffle buffer per worker.")
+    augment: bool = Field(
+        True, description="Random resized crop for training (no flips: they break left/right)."
+    )
+    crop_min_scale: float = Field(0.5, gt=0, le=1, description="Smallest crop area share of the random crop.")
+    num_frames: int = Field(
+        4, ge=1, description="Frames sampled per video clip (one per equal segment); images are 1 frame."
+    )
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _split_names(cls, v: Any) -> Any:
+        # `--set data.train=coco,vg` is the natural spelling on a command line.
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> DataConfig:
+        if not self.train:
+            raise ValueError("data.train names no data set")
+        if self.weights is not None and len(self.weights) != len(self.train):
+            raise ValueError(f"data.weights has {len(self.weights)} entries for {len(self.train)} data sets")
+        return self
+
+
+# ----------------------------------------------------------------------------- model
+class VisionConfig(Section):
+    image_size: int = Field(288, ge=8, description="Input side in pixels (the position grid follows it).")
+    patch_size: int = Field(16, ge=1)
+    width: int = Field(768, ge=8)
+    layers: int = Field(11, ge=1, description="ViT blocks kept (the paper keeps 11 of CLIP's 12).")
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    max_frames: int = Field(8, ge=1, description="Size of the learned temporal embedding.")
+    temporal_attention: bool = Field(False, description="Let patches attend across frames inside the ViT.")
+    weights: str = Field(
+        "vit_base_patch16_clip_224.openai",
+        description="Initialisation when model.init = 'pretrained': timm name, CLIP file or local path.",
+    )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> VisionConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
+class TextConfig(Section):
+    width: int = Field(768, ge=8)
+    layers: int = Field(12, ge=1)
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    max_len: int = Field(50, ge=4, description="Tokens per caption, special tokens included.")
+    vocab_size: int | None = Field(None, description="Default: the tokenizer's vocabulary size.")
+    tokenizer: str = Field(
+        "dataset",
+        description="'dataset' (tokenizer.json of the first training data set), a transformers name or a path.",
+    )
+    weights: str = Field(
+        "FacebookAI/roberta-base", description="Initialisation when model.init = 'pretrained'."
+    )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TextConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
+class FusionConfig(Section):
+    width: int = Field(768, ge=8)
+    layers: int = Field(6, ge=1, description="Co-attention layers per direction.")
+    heads: int = Field(12, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    layer_norm_eps: float = Field(
+        1e-12, gt=0, description="LayerNorm eps of the fusion layers and MLM head (the published model's)."
+    )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> FusionConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        return self
+
+
+class ModelConfig(Section):
+    init: Literal["random", "pretrained"] = Field(
+        "pretrained", description="'pretrained' loads model.vision.weights and model.text.weights."
+    )
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+    fusion: FusionConfig = FusionConfig()
+    itc_dim: int = Field(512, ge=1, description="Output size of the ITC projections.")
+    itc_text_pool: Literal["cls", "mean"] = Field(
+        "cls",
+        description="Text feature for ITC: the class token (the paper) or the mean of the real tokens "
+        "(for encoders trained from scratch, whose class token carries almost no content for hundreds of steps).",
+    )
+    tie_mlm_decoder: bool = Field(False, description="Share the MLM decoder with the word embeddings.")
+
+
+# ----------------------------------------------------------------------------- masking
+class MaskingConfig(Section):
+    mlm_prob: float = Field(0.15, gt=0, lt=1, description="MLM: share of words masked.")
+    mlm_whole_word: bool = True
+    mlm_mask_share: float = Field(0.8, ge=0, le=1, description="MLM: share of picked tokens set to <mask>.")
+    mlm_random_share: float = Field(0.1, ge=0, le=1, description="MLM: share set to a random token.")
+    scl_image_drop: float = Field(0.8, gt=0, lt=1, description="Global SCL: share of patches dropped.")
+    scl_text_mask: float = Field(0.4, gt=0, lt=1, description="Global SCL: share of text positions masked.")
+    scl_local_image_mask: float = Field(
+        0.3, gt=0, lt=1, description="Local SCL: share of patches replaced by the mask token."
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> MaskingConfig:
+        if self.mlm_mask_share + self.mlm_random_share > 1:
+            raise ValueError("mlm_mask_share + mlm_random_share exceeds 1")
+        return self
+
+
+# ----------------------------------------------------------------------------- optim
+class OptimConfig(Section):
+    lr: float = Field(2e-5, gt=0, description="Learning rate of the unimodal encoders.")
+    lr_mult_fusion: float = Field(5.0, gt=0, description="Multiplier for the fusion layers.")
+    lr_mult_heads: float = Field(5.0, gt=0, description="Multiplier for the heads.")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0)
+    warmup: float = Field(0.1, ge=0, description="Warm-up: a fraction of max_steps if < 1, else steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Where the linear decay ends.")
+    max_steps: int = Field(100_000, ge=1)
+    batch_size: int = Field(4096, ge=1, description="Global batch (all devices, after accumulation).")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Per-device batch per forward pass; default: the global batch / devices."
+    )
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+
+    def warmup_steps(self) -> int:
+        return int(self.warmup * self.max_steps) if self.warmup < 1 else int(self.warmup)
+
+
+# ----------------------------------------------------------------------------- topology
+class TopologyConfig(Section):
+    nodes: int = Field(1, ge=1)
+    devices_per_node: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="'auto': bf16 on GPUs that have it, else fp16 on CUDA; fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile each transformer layer (ViT, RoBERTa, fusion).")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        "inductor",
+        description="torch.compile backend: 'inductor' generates kernels; 'aot_eager' traces forward and "
+        "backward without code generation (finds graph breaks in seconds, e.g. on CPU).",
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute layer activations in backward: less memory for larger batches."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.devices_per_node
+
+
+# ----------------------------------------------------------------------------- output / log
+class OutputConfig(Section):
+    dir: Path = Path("runs/scl")
+    checkpoint_every: int = Field(
+        1000, ge=1, description="Steps between checkpoints (one is always written at the end)."
+    )
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+
+
+class LogConfig(Section):
+    every: int = Field(10, ge=1, description="Steps between metric lines.")
+    loggers: list[str] = Field(
+        ["tensorboard"],
+        description="Where metrics go besides RUN/metrics.jsonl (always written): entry points of the "
+        "'scl_cli.loggers' group, e.g. 'tensorboard'.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, data: Any) -> Any:
+        # Recipes (and checkpoints' saved recipes) from before `loggers` say `tensorboard = bool`.
+        if isinstance(data, dict) and "tensorboard" in data:
+            data = dict(data)
+            on = data.pop("tensorboard")
+            loggers = [n for n in data.get("loggers", ["tensorboard"]) if n != "tensorboard"]
+            data["loggers"] = loggers + (["tensorboard"] if on else [])
+        return data
+
+
+# ----------------------------------------------------------------------------- fine-tuning task
+class TaskConfig(Section):
+    """What `scl finetune` trains and evaluates (pre-training recipes have no [task] table)."""
+
+    name: Literal["vqa", "nlvr2", "retrieval"]
+    dataset: str = Field(description="Data set under data.root, e.g. 'vqav2', 'nlvr2', 'f30k', 'coco', 'shapes'.")
+    group: str = Field("splits", description="Manifest group of the splits ('nlvr2' for the shapes pairs).")
+    train_split: str = "train"
+    eval_split: str = Field("val", description="Split evaluated at the end of fine-tuning.")
+    epochs: float | None = Field(None, gt=0, description="Sets optim.max_steps from the training split's size.")
+    rerank: int = Field(128, ge=0, description="Retrieval: ITC candidates re-scored by the fusion rank head.")
+    max_questions: int = Field(8, ge=1, description="VQA: questions per image in a training batch.")
+
+
+# ----------------------------------------------------------------------------- the recipe
+class Recipe(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig()
+    objectives: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    optim: OptimConfig = OptimConfig()
+    topology: TopologyConfig = TopologyConfig()
+    output: OutputConfig = OutputConfig()
+    log: LogConfig = LogConfig()
+    task: TaskConfig | None = None
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives(cls, v: Any) -> Any:
+        # Each objective validates its own table with the settings model it registered.
+        return validate_objectives(v or {})
+
+    def enabled_objectives(self) -> dict[str, Any]:
+        return {name: s for name, s in self.objectives.items() if s.weight > 0}
+
+    @model_validator(mode="after")
+    def _batch(self) -> Recipe:
+        world = self.topology.world_size
+        if self.optim.batch_size % world:
+            raise ValueError(f"optim.batch_size {self.optim.batch_size} is not divisible by {world} devices")
+        per_device = self.optim.batch_size // world
+        micro = self.optim.micro_batch_size or per_device
+        if per_device % micro:
+            raise ValueError(
+                f"per-device batch {per_device} is not a multiple of optim.micro_batch_size {micro}"
+            )
+        if not self.enabled_objectives():
+            raise ValueError("no objective has a weight above 0")
+        return self
+
+    def accumulation_steps(self) -> int:
+        per_device = self.optim.batch_size // self.topology.world_size
+        return per_device // (self.optim.micro_batch_size or per_device)
+
+    def micro_batch(self) -> int:
+        return self.optim.micro_batch_size or self.optim.batch_size // self.topology.world_size

@@ -1,0 +1,90 @@
+"""What every evaluation shares: the report (`EvalReport`), where to evaluate (`resolve_data`), and
+batching helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scl_cli.config.recipe import MaskingConfig
+from scl_cli.inference.loading import LoadedModel
+from scl_cli.io.atomic import atomic_write_json
+from scl_cli.objectives.context import StepContext
+from scl_cli.objectives.masking import TextSpec
+
+
+@dataclass
+class EvalReport:
+    task: str
+    checkpoint: str
+    dataset: str
+    split: str
+    samples: int
+    seconds: float
+    metrics: dict[str, float]
+    baselines: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[list[str]]:
+        rows = [[k, f"{v:.2f}", f"{self.baselines[k]:.2f}" if k in self.baselines else ""] for k, v in self.metrics.items()]
+        return rows
+
+    def write_json(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, asdict(self))
+
+
+@dataclass
+class EvalData:
+    root: Path
+    dataset: str
+    group: str
+    split: str
+
+
+def resolve_data(config: dict[str, Any], data: str | None, split: str | None, task: str) -> EvalData:
+    """Where to evaluate: `--data` (a data set folder or a name under the recipe's data.root), else
+    the data set the checkpoint was fine-tuned on, else `shapes`; `--split`, else the recipe's
+    evaluation split, else `test`."""
+    recipe = config.get("recipe") or {}
+    root = Path((recipe.get("data") or {}).get("root", "data"))
+    saved = recipe.get("task") or {}
+    same_task = saved.get("name") == task
+    dataset = saved.get("dataset", "shapes") if same_task else "shapes"
+    group = saved.get("group", "splits") if same_task else ("nlvr2" if task == "nlvr2" else "splits")
+    if data is not None:
+        # "PATH:GROUP" / "NAME:GROUP" picks a manifest group, e.g. data/shapes:clips for the clips.
+        data, _, named_group = data.partition(":")
+        path = Path(data)
+        if (path / "manifest.json").is_file():
+            root, dataset = path.parent, path.name
+        else:
+            dataset = data
+        group = named_group or ("nlvr2" if task == "nlvr2" and dataset == "shapes" else "splits")
+    chosen = split or (saved.get("eval_split") if same_task else None) or "test"
+    return EvalData(root, dataset, group, chosen)
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def inference_context(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> StepContext:
+    tok = loaded.tokenizer
+    spec = TextSpec.from_tokenizer(tok, loaded.model.vocab_size)
+    return StepContext(loaded.model, batch, MaskingConfig(), spec.to(batch["text_ids"].device))

@@ -1,0 +1,1 @@
+"""Using a trained model: load any checkpoint with its tokenizer (`loading`)."""

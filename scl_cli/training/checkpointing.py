@@ -1,0 +1,82 @@
+"""A run's checkpoints: what config.json records, the `save_fn` the trainer calls on every rank,
+and the rule that a folder already holding checkpoints is continued only when asked (`--resume`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from scl_cli import __version__
+from scl_cli.config import Recipe, recipe_to_dict
+from scl_cli.errors import UsageError
+from scl_cli.io.checkpoints import latest_checkpoint, save_checkpoint
+from scl_cli.training.parallel import StateIO
+from scl_cli.training.runtime import Runtime
+
+if TYPE_CHECKING:
+    from scl_cli.model import SCLModel
+
+
+def existing_checkpoint(run_dir: Path, resume: bool) -> Path | None:
+    """The newest checkpoint of `run_dir` to resume from, or None. A folder that already holds
+    checkpoints is never trained over without `resume` (`UsageError` naming it)."""
+    run_dir = Path(run_dir)
+    found = latest_checkpoint(run_dir) if run_dir.exists() else None
+    if found is not None and not resume:
+        raise UsageError(
+            f"{run_dir} already holds checkpoints (newest {found.name}): pass --resume to continue it, "
+            "or choose another output.dir"
+        )
+    return found if resume else None
+
+
+def checkpoint_config(recipe: Recipe, model: SCLModel) -> dict:
+    """What config.json records: enough to rebuild the model without the recipe file."""
+    return {
+        "format": "scl-checkpoint",
+        "version": 1,
+        "scl_version": __version__,
+        "model": recipe.model.model_dump(mode="json"),
+        "vocab_size": model.vocab_size,
+        "pad_token_id": model.pad_token_id,
+        "tokenizer": "tokenizer.json",
+        "recipe": recipe_to_dict(recipe),
+    }
+
+
+def write_checkpoint_fn(
+    run_dir: Path,
+    model: nn.Module,
+    config: dict,
+    extra_files: dict,
+    keep_last: int,
+    runtime: Runtime,
+    state_io: StateIO | None = None,
+):
+    """A `save_fn` for Trainer: rank 0 writes, every rank waits until the checkpoint is complete.
+    Call it on every rank (under FSDP gathering the full state dict is a collective)."""
+    state_io = state_io or StateIO()
+
+    def save(step: int, training_state: dict) -> Path | None:
+        path = None
+        state_dict = state_io.model_state()
+        if runtime.is_main:
+            path = save_checkpoint(
+                run_dir,
+                step,
+                model,
+                {**config, "step": step},
+                training_state,
+                extra_files,
+                keep_last=keep_last,
+                state_dict=state_dict,
+            )
+        if runtime.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return path
+
+    return save
