@@ -138,6 +138,11 @@ def prepare(
     reporter.table(f"{name}: summary", ["", "count"], totals)
     for warning in summary.warnings:
         reporter.warn(warning)
+    if summary.written == 0:
+        from scl_cli.data.pipeline import nothing_written
+        from scl_cli.errors import DataError
+
+        raise DataError(nothing_written(summary.path, summary.read, summary.skipped_by_what.get("sample", {})))
 
 
 @app.command()

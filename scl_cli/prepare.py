@@ -362,6 +362,7 @@ def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
         raise UsageError(
             f"prepare {name}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(accepted))})"
         )
+    pipeline.check_out_root(Path(out))
     started = time.perf_counter()
     path = preparer(Path(out), **options)
     seconds = time.perf_counter() - started
