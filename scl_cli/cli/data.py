@@ -97,3 +97,7 @@ def prepare(
     reporter.table(f"{name}: summary", ["", "count"], totals)
     for warning in summary.warnings:
         reporter.warn(warning)
+    if summary.problem:
+        from scl_cli.errors import DataError
+
+        raise DataError(summary.problem)

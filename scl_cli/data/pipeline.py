@@ -71,6 +71,53 @@ def check_target(target: Path, name: str) -> None:
     raise UsageError(f"{target}: exists and is not a '{name}' data set — remove it or choose another --out")
 
 
+def check_out_root(out_root: Path) -> None:
+    """Refuse an `--out` that is, or lies under, something other than a folder, before any
+    input is read (`UsageError` naming it)."""
+    for path in (out_root, *out_root.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "--out" if path == out_root else f"a parent of --out {out_root}"
+                raise UsageError(f"{path}: is a file, not a folder ({what}); --out is the folder the data "
+                                 "set is written under (OUT/NAME/) — choose another --out")  # fmt: skip
+            return
+
+
+_CAUSES = {
+    "missing_image": "no image file was found: the image folders are not among --source (it may be "
+    "repeated; README, Preparing the paper's data sets, names the folders each reader looks for)",
+    "missing_video": "no video file was found: the video folder is not among --source (it may be repeated)",
+    "no_captions": "no input has a caption: is the annotation file the right one for this data set?",
+    "download_failed": "no download succeeded: check the network, or the img2dataset download's status",
+}
+_DOWNLOAD = ("http_", "timeout", "connection_error", "truncated", "bad_content_type", "bad_url",
+             "too_many_redirects", "missing_url")  # fmt: skip
+_IMAGE = ("empty_image", "not_an_image", "decompression_bomb", "truncated_image", "corrupt_image", "too_small",
+          "unsupported_mode", "too_large")  # fmt: skip
+
+
+def nothing_written(root: Path, read: int, skipped_samples: dict[str, int]) -> str:
+    """The one-line error for a run that wrote no sample into `root`: how many inputs were read,
+    the skip reasons, and their likely cause."""
+    if not read:
+        return (f"{root}: wrote no sample: the annotation files list no input for the chosen splits "
+                "(check --split and that the files are the official ones)")  # fmt: skip
+    reasons = ", ".join(
+        f"{n} {reason}" for reason, n in sorted(skipped_samples.items(), key=lambda kv: -kv[1])
+    )
+    top = max(skipped_samples, key=skipped_samples.__getitem__) if skipped_samples else ""
+    if top in _CAUSES:
+        cause = _CAUSES[top]
+    elif top in _IMAGE:
+        cause = "no image could be decoded: are the image files complete and really images?"
+    elif top.startswith(_DOWNLOAD):
+        cause = "no image could be downloaded: check the network (a proxy?) and --timeout / --retries"
+    else:
+        cause = "see the reasons"
+    return (f"{root}: wrote no sample: 0 of {read} inputs written (skipped: {reasons or 'none'}); "
+            f"likely cause: {cause}; every skip is listed in {root / SKIPPED_FILE}")  # fmt: skip
+
+
 def _jobs(records: Any, limit: int | None, shard_size: int, expected: set[str] | None,
           read_skips: list[Skip], stats: RunStats) -> Iterator[ShardJob]:  # fmt: skip
     """Consecutive runs of `shard_size` records per split; at most `limit` records per split
@@ -205,8 +252,13 @@ def run(
     started = time.perf_counter()
     root = Path(out_root) / name
     check_target(root, name)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / STATE_DIR).mkdir(exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / STATE_DIR).mkdir(exist_ok=True)
+    except OSError as err:
+        raise UsageError(
+            f"{root}: cannot create the folder ({err.strerror or err}) — choose another --out"
+        ) from None
     (root / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     stats = RunStats()
     read_skips: list[Skip] = []

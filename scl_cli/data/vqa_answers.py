@@ -20,7 +20,8 @@ from scl_cli.metrics.vqa import process_digit_article, process_punctuation  # no
 def normalize_answer(answer: str) -> str:
     """The official VQA answer processing (e.g. "Two dogs!" -> "2 dogs", "the Net" -> "net"), then
     commas removed as ViLT's vocabulary does."""
-    return process_digit_article(process_punctuation(answer)).replace(",", "")
+    # ViLT runs under Python 3 (Unicode digits and lowercase), unlike the Python 2 metric.
+    return process_digit_article(process_punctuation(answer, python3=True), python3=True).replace(",", "")
 
 
 def build_vocabulary(answers: Iterable[str], size: int = VOCAB_SIZE) -> list[str]:

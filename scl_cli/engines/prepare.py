@@ -32,6 +32,7 @@ from scl_cli.data.sources.base import SourceRequest
 from scl_cli.data.tokenizer import train_bpe_tokenizer
 from scl_cli.data.writer import WriteSettings
 from scl_cli.errors import DataError, UsageError
+from scl_cli.io.atomic import swap_in
 
 ProgressFn = Callable[[str, int, int], None]
 SPLIT_SHARES = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -57,6 +58,7 @@ class PrepareSummary:
     images_per_s: float = 0.0
     resumed_shards: int = 0
     warnings: list[str] = field(default_factory=list)
+    problem: str | None = None  # a run that wrote nothing: why, in one line (the CLI exits 2 with it)
 
 
 def split_sizes(images: int) -> dict[str, int]:
@@ -285,17 +287,8 @@ def prepare_shapes(
     if progress:
         progress("tokenizer", 1, 1)
     write_manifest(work, manifest)
-    _swap_in(work, target)
+    swap_in(work, target)
     return target
-
-
-def _swap_in(work: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(work, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_dataset(
@@ -362,6 +355,7 @@ def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
         raise UsageError(
             f"prepare {name}: unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(accepted))})"
         )
+    pipeline.check_out_root(Path(out))
     started = time.perf_counter()
     path = preparer(Path(out), **options)
     seconds = time.perf_counter() - started
@@ -383,4 +377,6 @@ def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
         skipped_by_what=manifest.get("skipped_by_what", {}),
         images_per_s=images / seconds if seconds > 0 else 0.0, resumed_shards=run.get("resumed_shards", 0),
         warnings=list(manifest.get("warnings", [])),
+        problem=None if written else pipeline.nothing_written(path, manifest.get("read", written),
+                                                              manifest.get("skipped_by_what", {}).get("sample", {})),
     )  # fmt: skip

@@ -17,12 +17,12 @@ be for another question - the official script refuses such results too.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from scl_cli.errors import DataError, UsageError
+from scl_cli.io.atomic import atomic_write_text
 from scl_cli.metrics.vqa import vqa_scores
 
 _EXAMPLES = 3
@@ -191,12 +191,5 @@ def write_submission(path: str | Path, predictions: Mapping[int, str]) -> Path:
             )
     rows = [{"question_id": qid, "answer": predictions[qid]} for qid in sorted(predictions)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(rows, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(rows, ensure_ascii=False))
     return path

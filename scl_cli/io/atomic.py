@@ -78,21 +78,26 @@ def atomic_directory(path: Path, replace: bool = False, durable: bool = False) -
         yield tmp
         if durable:
             fsync_dir(tmp)
-        if path.exists():
-            if not replace:
-                raise FileExistsError(f"{path} already exists")
-            # rename() cannot replace a non-empty folder: move the old one aside first.
-            aside = temporary_sibling(path, "replaced")
-            os.rename(path, aside)
-            os.rename(tmp, path)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
+        if path.exists() and not replace:
+            raise FileExistsError(f"{path} already exists")
+        swap_in(tmp, path)
         if durable:
             fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def swap_in(work: Path, path: Path) -> None:
+    """Rename the finished folder `work` to `path`; an existing `path` is moved aside first
+    (rename() cannot replace a non-empty folder) and deleted after."""
+    if not path.exists():
+        os.rename(work, path)
+        return
+    aside = temporary_sibling(path, "replaced")
+    os.rename(path, aside)
+    os.rename(work, path)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def remove_directory(path: Path) -> None:

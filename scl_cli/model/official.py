@@ -6,9 +6,10 @@ parts `vision_transformer.visual.*` (CLIP ViT), `text_transformer.*` (RoBERTa),
 `vision_proj` / `language_proj` (ITC) and `cl_temp`. Below each of them maps to one of ours by a
 prefix rename; the inner names are the same. Computation matches too (CLIP blocks, post-LN BERT
 cross layers with self-attention, cross-attention, feed-forward; ITC projections on the class
-tokens after the fusion-space Linear and before the token-type embedding), except that the official
-fusion layers and MLM transform use LayerNorm eps 1e-12 (transformers' BertConfig default) where
-ours use 1e-5.
+tokens after the fusion-space Linear and before the token-type embedding), LayerNorm eps included:
+the fusion layers and the MLM transform use eps 1e-12 like the official ones (the default of the
+RobertaConfig they are built from; `model.fusion.layer_norm_eps`); RoBERTa, the CLIP ViT and
+the ITC projections use 1e-05, as published.
 
 Everything here works on shapes (`plan_official`) so that a paper-size key list is checked without
 allocating it; `convert_official_state_dict` applies the plan to tensors.

@@ -37,9 +37,10 @@ QUESTIONS = [
     {"image_id": a["image_id"], "question": "?", "question_id": a["question_id"]} for a in ANNOTATIONS
 ]
 PREDICTIONS = [
-    {"question_id": 458752000, "answer": "The net."},  # -> "net": 1.0
+    # vqaEval.py a013f00 line 98: ten identical answers normalise nothing: "The net." != "net": 0.0
+    {"question_id": 458752000, "answer": "The net."},
     {"question_id": 458752001, "answer": "no"},  # 1 of 10: 0.3
-    {"question_id": 262146000, "answer": "two"},  # -> "2", 3 of 10: 0.9
+    {"question_id": 262146000, "answer": "two"},  # answers differ: -> "2", 3 of 10: 0.9
 ]
 
 
@@ -63,14 +64,14 @@ def _score(files: dict[str, Path]) -> dict:
 
 def test_score_prediction_files(files: dict[str, Path]) -> None:
     report = _score(files)
-    assert report["overall"] == round(100 * (1.0 + 0.3 + 0.9) / 3, 2) == 73.33
-    assert report["per_answer_type"] == {"other": 100.0, "yes/no": 30.0, "number": 90.0}
+    assert report["overall"] == round(100 * (0.0 + 0.3 + 0.9) / 3, 2) == 40.0
+    assert report["per_answer_type"] == {"other": 0.0, "yes/no": 30.0, "number": 90.0}
     assert report["n_questions"] == report["n_predictions"] == report["n_annotations"] == 3
 
 
 def test_questions_file_selects_the_questions_scored(files: dict[str, Path]) -> None:
     _write(files["questions"], {"questions": QUESTIONS[:1]})
-    _write(files["pred"], PREDICTIONS[:1])
+    _write(files["pred"], [{"question_id": 458752000, "answer": "net"}])
     report = _score(files)
     assert report["overall"] == 100.0 and report["n_questions"] == 1 and report["n_annotations"] == 3
 
@@ -170,3 +171,50 @@ def test_write_submission_rejects_bad_entries_and_keeps_old_file(tmp_path: Path)
         write_submission(path, {"1": "b"})  # type: ignore[dict-item]
     assert read_predictions(path) == {1: "a"}
     assert len(list(tmp_path.iterdir())) == 1
+
+
+# Every branch of vqaEval.py at a013f00, through the command line; values worked by hand and
+# checked against the script itself (Python 2.7).
+BRANCHES = [
+    # (answers, prediction, answer type, accuracy)
+    (["yes"] * 10, "Yes", "yes/no", 0.0),  # all identical: nothing normalised (line 98)
+    (["yes"] * 9 + ["yes\n"], " yes\t", "yes/no", 1.0),  # whitespace cleaned first (lines 88-94)
+    (["yes"] * 9 + ["no"], "Yes.", "yes/no", 1.0),  # differ: lowercase, period stripped
+    (["none"] * 2 + ["0"] * 2 + ["1"] * 6, "zero", "number", 1.0),  # manualMap: 4 x "0"
+    (["100"] * 7 + ["one hundred"] * 3, "one hundred", "number", 0.9),  # -> "1 hundred"
+    (["2"] * 10, "two", "number", 0.0),  # identical: "two" stays "two"
+    (["the dog"] * 2 + ["dog"] + ["cat"] * 7, "A dog!", "other", 0.9),  # articles, "!": 3 x "dog"
+    (["don't"] * 2 + ["no"] * 8, "dont", "other", 0.6),  # contraction
+    (["1,000"] * 9 + ["1000"], "1,000", "number", 1.0),  # digit comma: all marks deleted
+]
+
+
+def test_cli_scores_every_branch_like_the_official_script(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from scl_cli.cli import app
+
+    annotations, predictions = [], []
+    for i, (answers, pred, answer_type, _) in enumerate(BRANCHES):
+        annotations.append(_annotation(1000 + i, 7, answers, answer_type, "what"))
+        predictions.append({"question_id": 1000 + i, "answer": pred})
+    questions = [{"image_id": 7, "question": "?", "question_id": a["question_id"]} for a in annotations]
+    files = {
+        "pred": _write(tmp_path / "pred.json", predictions),
+        "questions": _write(tmp_path / "questions.json", {"questions": questions}),
+        "annotations": _write(tmp_path / "annotations.json", {"annotations": annotations}),
+    }
+    out = tmp_path / "report.json"
+    args = ["eval", "vqa", "--predictions", str(files["pred"]), "--questions", str(files["questions"]),
+            "--annotations", str(files["annotations"]), "--out", str(out), "--plain"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    # 6.4 / 9 = 71.11 %; yes/no (0 + 1 + 1) / 3; number (1 + 0.9 + 0 + 1) / 4; other (0.9 + 0.6) / 2.
+    assert report["overall"] == 71.11
+    assert report["per_answer_type"] == {"yes/no": 66.67, "number": 72.5, "other": 75.0}
+    assert "71.11" in result.output
+    for i, (answers, pred, _, expected) in enumerate(BRANCHES):
+        from scl_cli.metrics import vqa_accuracy
+
+        assert vqa_accuracy(pred, answers) == pytest.approx(expected), (i, pred, answers)

@@ -51,7 +51,7 @@ TINY_DEPTH = {
     r"cross_modal_\w+_layers\.(\d+)\.": 1,
     r"decoder_blocks\.(\d+)\.": 1,
 }
-# transformers' BertConfig default, which the official fusion layers and MLM head use (ours: 1e-5)
+# transformers' RobertaConfig default, which the official fusion layers and MLM head use (ours too)
 OFFICIAL_FUSION_EPS = 1e-12
 SD = dict[str, Tensor]
 
@@ -314,6 +314,24 @@ def test_layernorm_eps_matches_the_published_model(converted) -> None:
     norms = [m for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)
              and (name.startswith("fusion.") or name.startswith("mlm_head."))]  # fmt: skip
     assert norms and all(m.eps == OFFICIAL_FUSION_EPS for m in norms)
+
+
+def test_module_docstring_states_the_eps_in_use(converted) -> None:
+    # The docstring said "ours use 1e-5" long after the fusion layers had moved to 1e-12.
+    import scl_cli.model.official as official_module
+
+    _, model = converted
+    used: dict[str, set[float]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            used.setdefault(name.split(".")[0], set()).add(module.eps)
+    doc = " ".join((official_module.__doc__ or "").split())
+    fusion = re.search(r"MLM transform use eps (\S+) like the official ones", doc)
+    others = re.search(r"RoBERTa, the CLIP ViT and the ITC projections use (\S+), as published", doc)
+    assert fusion and others, doc
+    assert used.pop("fusion") == used.pop("mlm_head") == {float(fusion.group(1))} == {OFFICIAL_FUSION_EPS}
+    assert set(used) == {"vision", "text", "itc_text_proj", "itc_image_proj"}
+    assert all(eps == {float(others.group(1))} for eps in used.values())
 
 
 def test_finetuned_checkpoint_keeps_heads_and_fills_missing_objectives() -> None:

@@ -10,8 +10,9 @@
   (`{"videos": [...], "sentences": [{"video_id", "caption", "sen_id"}]}`) and
   `MSRVTT_Videos/<video_id>.mp4`.
 
-Splits: train (the 9,000 videos of the 9k list, in list order, each with all its captions, about
-20; exact repeats dropped in order) and test (1k-A: 1,000 video-caption pairs, one caption per
+Splits: train (the 9,000 videos of the 9k list, in list order, each with all its captions, 20,
+in file order; repeats are kept, as the official loaders keep them: each is another annotator)
+and test (1k-A: 1,000 video-caption pairs, one caption per
 video, in the official order: the rows of `MSRVTT_JSFUSION_test.csv`, or the lines of
 `val_list_jsfusion.txt` with the caption `jsfusion_val_caption_idx.pkl` picks out of that video's
 captions in `MSR_VTT.json` order). Captions are paired with videos by video id, never by position
@@ -44,7 +45,6 @@ from scl_cli.data.sources.base import (
 )
 from scl_cli.data.sources.clips import (
     VIDEO_INFO,
-    add_caption,
     clip_record,
     existing_dirs,
     finish,
@@ -188,11 +188,13 @@ class _Reader:
             captions: list[str] = []
             sen_ids: list[Any] = []
             for raw, sen_id in by_video.get(video, []):
-                skip = add_caption(captions, raw, f"{video}#{sen_id}", "train", f"{path.name} ({video})")
-                if skip is None:
-                    sen_ids.append(sen_id)
-                else:
-                    out.append(skip)
+                text, reason = clean_text(raw)
+                if text is None:
+                    out.append(Skip(f"{video}#{sen_id}", f"caption_{reason.removeprefix('text_')}",
+                                    f"{path.name} ({video})", "train", "caption"))  # fmt: skip
+                    continue
+                captions.append(text)  # a repeat too: it weighs as much as in the official loaders
+                sen_ids.append(sen_id)
             extra = {"category": categories[video]} if video in categories else {}
             out.append(self.record(video, "train", captions, where, sen_ids=sen_ids, **extra))
         return finish(out)
