@@ -110,3 +110,53 @@ def test_finetune_rejects_pretraining_recipes_and_wrong_objectives(shapes_root, 
 def test_eval_without_a_task_head_says_how_to_get_one(tiny_ckpt):
     proc = run_scl("eval", "vqa", "--ckpt", str(tiny_ckpt))
     assert proc.returncode == 2 and "no VQA head" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_process_finetuning_is_launched_like_pretraining(shapes_root, tiny_ckpt, tmp_path):
+    """`scl finetune` on a 2-device topology starts torchrun itself (gloo on CPU), trains on the
+    recipe's global batch, checkpoints, and the launcher reports the evaluation rank 0 wrote."""
+    run = tmp_path / "ft2"
+    sets = finetune_sets(shapes_root, run, **{"topology.devices_per_node": 2, "topology.device": '"cpu"',
+                                              "data.num_workers": 1, "optim.max_steps": 2, "task.epochs": 0.2})  # fmt: skip
+    args = [a for s in sets for a in ("--set", s)]
+    proc = run_scl("finetune", str(RECIPES / "finetune" / "shapes_vqa.toml"), "--ckpt", str(tiny_ckpt), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((run / "checkpoints").glob("step-*")), "no checkpoint"
+    report = json.loads((run / "eval.json").read_text())
+    assert report["task"] == "vqa" and "accuracy" in report["metrics"]
+    assert "vqa on shapes/val" in proc.stdout  # the launcher's summary table
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # samples really seen per step: both ranks' micro-batches = the recipe's global batch of 8
+    for line in lines:
+        assert line["samples_per_s"] * line["step_time"] == pytest.approx(8, rel=1e-6)
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_a_process_count_other_than_the_topology_stops_before_the_first_step(
+    shapes_root, tiny_ckpt, tmp_path, command
+):
+    recipe = RECIPES / ("finetune/shapes_vqa.toml" if command == "finetune" else "tiny.toml")
+    ckpt = ["--ckpt", str(tiny_ckpt)] if command == "finetune" else []
+    env = {"WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "0"}  # as torchrun --nproc-per-node 4 sets them
+    sets = ["--set", f'data.root="{shapes_root}"', "--set", f'output.dir="{tmp_path / "run"}"']
+    proc = run_scl(command, str(recipe), *ckpt, *sets, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "has 4 process(es) but the recipe's topology asks for 1" in lines[0], lines
+    assert "--set topology.nodes=1 --set topology.devices_per_node=4" in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    other = run_scl(command, str(recipe), *ckpt, *sets, env={**env, "RANK": "2", "LOCAL_RANK": "2"})
+    assert other.returncode == 2 and other.stderr.strip() == ""
+
+
+def test_finetune_leaves_the_callers_recipe_unchanged(shapes_root, tiny_ckpt, tmp_path):
+    r = load_recipe(RECIPES / "finetune" / "shapes_vqa.toml", finetune_sets(shapes_root, tmp_path / "ft", **{"task.epochs": 0.05}))
+    before = r.model_dump()
+    finetune(r, tiny_ckpt, evaluate_after=False)
+    assert r.model_dump() == before
+
+
+def test_finetune_help_names_the_task_table():
+    proc = run_scl("finetune", "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0 and "recipe's [task] (VQA, NLVR2, retrieval)" in proc.stdout

@@ -53,20 +53,26 @@ def finetune(
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation at the end.")] = False,
     plain: PlainOpt = False,
 ) -> None:
-    """Fine-tune a checkpoint on the recipe's [task] (VQA, NLVR2, retrieval), then evaluate it."""
+    """Fine-tune a checkpoint on the recipe's \\[task] (VQA, NLVR2, retrieval), then evaluate it
+    (OUTPUT/eval.json). A topology of several devices or nodes starts itself through torchrun."""
     from scl_cli.config import load_recipe
     from scl_cli.engines.finetune import finetune as finetune_engine
     from scl_cli.reporting import make_reporter
+    from scl_cli.training.launch import is_main_process, launched_by_scl
 
     loaded = load_recipe(recipe, set_ or [])
-    reporter = make_reporter(force_plain=plain)
-    result = finetune_engine(loaded, ckpt, resume=resume, reporter=reporter, evaluate_after=not no_eval)
+    reporter = make_reporter(force_plain=plain, quiet=not is_main_process())
+    launch_args = ["finetune", str(recipe), "--ckpt", str(ckpt), *(f"--set={s}" for s in set_ or [])]
+    launch_args += ["--resume"] * resume + ["--no-eval"] * no_eval + ["--plain"] * plain
+    result = finetune_engine(loaded, ckpt, resume=resume, reporter=reporter, evaluate_after=not no_eval,
+                             launch_args=launch_args)  # fmt: skip
+    if not is_main_process() or launched_by_scl():
+        return  # the launcher (or rank 0 of a run started by torchrun directly) sums the run up
     train = result.train
     if train.first_loss is not None:
         reporter.info(f"finished step {train.steps}: loss {train.first_loss:.4f} -> {train.last_loss:.4f}; "
                       f"checkpoint {train.last_checkpoint}")  # fmt: skip
     if result.evaluation is not None:
         report = result.evaluation
-        report.write_json(Path(loaded.output.dir) / "eval.json")
         reporter.table(f"{report.task} on {report.dataset}/{report.split} ({report.samples} samples)",
                        ["metric", "value", "baseline"], report.rows())  # fmt: skip

@@ -87,7 +87,7 @@ def check_slots(
 
 
 def check_train_data(
-    data_root: Path, datasets: list[str], split: str, world_size: int, num_workers: int
+    data_root: Path, datasets: list[str], split: str, world_size: int, num_workers: int, group: str = "splits"
 ) -> None:
     """What `build_train_loader` checks first, for all ranks at once (manifests and shard files)."""
-    check_slots(load_sources(data_root, datasets, split), world_size, num_workers, split, data_root)
+    check_slots(load_sources(data_root, datasets, split, group), world_size, num_workers, split, data_root)

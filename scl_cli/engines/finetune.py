@@ -30,6 +30,7 @@ from scl_cli.inference.loading import load_model
 from scl_cli.objectives import build_objectives
 from scl_cli.objectives.masking import TextSpec
 from scl_cli.reporting import NullReporter, Reporter
+from scl_cli.training import launch
 from scl_cli.training.checkpointing import checkpoint_config, existing_checkpoint
 from scl_cli.training.run import run_training
 from scl_cli.training.runtime import seed_everything, setup_runtime
@@ -57,17 +58,38 @@ def _check_objectives(recipe: Recipe) -> None:
         )
 
 
-def finetune(recipe: Recipe, ckpt: Path, resume: bool = False, reporter: Reporter | None = None,
-             evaluate_after: bool = True) -> FinetuneResult:  # fmt: skip
+EVAL_FILE = "eval.json"
+
+
+def finetune(
+    recipe: Recipe,
+    ckpt: Path,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    evaluate_after: bool = True,
+    launch_args: list[str] | None = None,
+) -> FinetuneResult:
     """Fine-tune checkpoint `ckpt` (a checkpoint or run directory, or a published `.ckpt`) on the
-    recipe's task; with `resume`, continue this run from its newest checkpoint instead."""
+    recipe's task; with `resume`, continue this run from its newest checkpoint instead. The
+    evaluation at the end is written to OUTPUT/eval.json. A topology of several processes is
+    launched through torchrun, as `scl pretrain` does (`launch_args`: each process's `scl`
+    arguments; by default the resolved recipe is written to OUTPUT/launch-recipe.toml)."""
     reporter = reporter or NullReporter()
     task = recipe.task
     if task is None:
         raise UsageError("the recipe has no [task] table: it is a pre-training recipe (use scl pretrain)")
     _check_objectives(recipe)
+    recipe = recipe.model_copy(deep=True)  # the caller's recipe stays as it was
     run_dir = Path(recipe.output.dir)
     found = existing_checkpoint(run_dir, resume)
+    launch.adopt_slurm_tasks(recipe.topology)
+    if launch.needs_launch(recipe.topology):
+        extra = ["--ckpt", str(ckpt), *([] if evaluate_after else ["--no-eval"])]
+        train = launch.launch_run(recipe, "finetune", resume, reporter, launch_args, [task.dataset],
+                                  task.train_split, extra, task.group)  # fmt: skip
+        report = EvalReport.read_json(run_dir / EVAL_FILE) if (run_dir / EVAL_FILE).is_file() else None
+        return FinetuneResult(train, report, [])
+    launch.check_world(recipe.topology, "finetune")
     runtime = setup_runtime(recipe.topology)
     seed_everything(recipe.optim.seed)
     root = recipe.data.root
@@ -124,4 +146,6 @@ def finetune(recipe: Recipe, ckpt: Path, resume: bool = False, reporter: Reporte
     if evaluate_after and runtime.is_main and result.last_checkpoint is not None:
         report = evaluate(task.name, result.last_checkpoint, split=task.eval_split,
                           rerank=task.rerank if task.name == "retrieval" else None)  # fmt: skip
+        report.write_json(run_dir / EVAL_FILE)
+    runtime.teardown()
     return FinetuneResult(result, report, loaded.new_keys)

@@ -64,6 +64,7 @@ def pretrain(
     launch.adopt_slurm_tasks(recipe.topology)
     if launch.needs_launch(recipe.topology):
         return launch.launch_run(recipe, "pretrain", resume, reporter, launch_args)
+    launch.check_world(recipe.topology, "pretrain")
 
     b = build(recipe)
     if resume and found is None:

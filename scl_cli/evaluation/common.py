@@ -3,6 +3,7 @@ batching helpers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ class EvalReport:
     def rows(self) -> list[list[str]]:
         rows = [[k, f"{v:.2f}", f"{self.baselines[k]:.2f}" if k in self.baselines else ""] for k, v in self.metrics.items()]
         return rows
+
+    @classmethod
+    def read_json(cls, path: Path) -> EvalReport:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
     def write_json(self, path: Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,28 @@ def needs_launch(topology: TopologyConfig, env: Mapping[str, str] | None = None)
     return topology.world_size > 1 and not inside_torchrun(env)
 
 
+def check_world(topology: TopologyConfig, command: str, env: Mapping[str, str] | None = None) -> None:
+    """Stop before anything starts when this run has another number of processes than the recipe's
+    topology (e.g. `torchrun --nproc-per-node 4` on an 8-device recipe): each step would train on
+    a different global batch than the recipe's `optim.batch_size`, with `max_steps` and the
+    learning rate schedule computed for the recipe's. Rank 0 says so in one line (`UsageError`);
+    the other ranks exit with the same code, silently."""
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world == topology.world_size:
+        return
+    if int(env.get("RANK", "0")) != 0:
+        raise SystemExit(UsageError.exit_code)
+    nodes = int(env.get("NNODES", env.get("SLURM_NNODES", "1")) or 1)
+    per_node = max(world // max(nodes, 1), 1)
+    raise UsageError(
+        f"this run has {world} process(es) but the recipe's topology asks for {topology.world_size} "
+        f"(nodes {topology.nodes} x devices_per_node {topology.devices_per_node}): start it with plain "
+        f"`scl {command}` (it launches torchrun itself), or --set topology.nodes={nodes} "
+        f"--set topology.devices_per_node={per_node}"
+    )
+
+
 def first_host(nodelist: str) -> str:
     """The first host of a SLURM node list: `gpu[07-09,12],cpu1` -> `gpu07`."""
     entry = re.split(r",(?![^\[]*\])", nodelist.strip())[0]
@@ -194,13 +216,14 @@ def launch_run(
     datasets: list[str] | None = None,
     split: str | None = None,
     extra_args: list[str] | None = None,
+    group: str = "splits",
 ) -> TrainResult:
     """Start this node's part of a `scl COMMAND` run (pretrain, finetune) under torchrun, or print
     every node's command. `launch_args`: the `scl` arguments each process gets (None: the resolved
     recipe is written to OUTPUT/launch-recipe.toml and passed, with `extra_args`)."""
     topo, data = recipe.topology, recipe.data
     # Caught here once, before any process starts, rather than by every rank.
-    check_train_data(data.root, datasets or data.train, split or data.split, topo.world_size, data.num_workers)
+    check_train_data(data.root, datasets or data.train, split or data.split, topo.world_size, data.num_workers, group)
     run_dir = Path(recipe.output.dir)
     if launch_args is None:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,6 @@ def run_training(
             wrapped, model, optimizer, scheduler, runtime,
             max_steps=recipe.optim.max_steps,
             accumulation=recipe.accumulation_steps(),
-            global_batch=recipe.optim.batch_size,
             grad_clip=recipe.optim.grad_clip,
             log_every=recipe.log.every,
             checkpoint_every=recipe.output.checkpoint_every,

@@ -53,7 +53,6 @@ class Trainer:
         *,
         max_steps: int,
         accumulation: int,
-        global_batch: int,
         grad_clip: float | None,
         log_every: int,
         checkpoint_every: int,
@@ -69,7 +68,6 @@ class Trainer:
         self.rt = runtime
         self.max_steps = max_steps
         self.accumulation = accumulation
-        self.global_batch = global_batch
         self.grad_clip = grad_clip
         self.log_every = log_every
         self.checkpoint_every = checkpoint_every
@@ -79,6 +77,7 @@ class Trainer:
         self.state_io = state_io or StateIO()
         self.scaler = runtime.grad_scaler()
         self.data_wait = 0.0  # seconds blocked waiting for the next batch since the last log
+        self.samples_seen = 0  # samples of every rank since the last log (image rows of the batches)
 
     def training_state(self, state: TrainState) -> dict:
         """What a checkpoint needs to resume exactly; a collective in distributed runs (call it on
@@ -154,6 +153,8 @@ class Trainer:
         for micro in range(self.accumulation):
             batch = self._to_device(self._next_batch(batches))
             state.micro_batches += 1
+            # Every rank's micro-batch has the same number of rows (a shape: known on the host).
+            self.samples_seen += batch["images"].shape[0] * self.rt.world_size
             with self._sync_context(micro == self.accumulation - 1):
                 with self.rt.autocast():
                     logs = self.step_module(batch)
@@ -235,7 +236,8 @@ class Trainer:
             values["loss_image"] = values["loss_image"] / (1 - share) if share < 1 else float("nan")
         group = self.optimizer.param_groups[0]
         values["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # the encoders' rate; others scale it
-        values["samples_per_s"] = self.global_batch * steps / max(seconds, 1e-9)
+        values["samples_per_s"] = self.samples_seen / max(seconds, 1e-9)
+        self.samples_seen = 0
         values["step_time"] = seconds / steps
         values["data_wait"] = min(self.data_wait / max(seconds, 1e-9), 1.0)  # this rank's share
         self.data_wait = 0.0
