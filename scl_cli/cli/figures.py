@@ -1,4 +1,4 @@
-"""`scl align`."""
+"""`scl align`, `scl visualize`."""
 
 from __future__ import annotations
 
@@ -31,3 +31,24 @@ def align(
     path = out or Path("align.json")
     report.write_json(path)
     reporter.info(f"report: {path}")
+
+
+@app.command()
+def visualize(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint dir, run dir or a published SCL .ckpt file.")],
+    image: Annotated[Path, typer.Option("--image", help="An image, or a video (one row per frame).")],
+    text: Annotated[str, typer.Option("--text", help="The caption whose attention is drawn.")],
+    out: Annotated[Path | None, typer.Option("--out", help="PNG or SVG (default: IMAGE-attention.png).")] = None,
+    masked: Annotated[
+        bool, typer.Option("--masked", help="The local-SCL view: replaced patches and how well they are recovered.")
+    ] = False,
+    frames: Annotated[int, typer.Option("--frames", min=1, help="Frames drawn from a video.")] = 4,
+) -> None:
+    """The fusion's text-to-image cross-attention over the image, as the paper's scripts draw it
+    (last fusion layer, maximum over heads): the text class token's map and one map per word."""
+    from scl_cli.engines.visualize import visualize as visualize_engine
+    from scl_cli.reporting import make_reporter
+
+    result = visualize_engine(ckpt, image, text, out, masked, frames)
+    words = f" ({len(result.words)} words: {' '.join(result.words)})" if result.words else ""
+    make_reporter().info(f"wrote {result.path}{words}")
