@@ -70,6 +70,12 @@ class VisionConfig(Section):
         "vit_base_patch16_clip_224.openai",
         description="Initialisation when model.init = 'pretrained': timm name, CLIP file or local path.",
     )
+    mask_token_std: float = Field(
+        0.02,
+        gt=0,
+        description="Standard deviation of the local-SCL mask token's normal initialisation (the paper's "
+        "code: 1.0, torch.randn).",
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> VisionConfig:
@@ -135,6 +141,11 @@ class ModelConfig(Section):
         "(for encoders trained from scratch, whose class token carries almost no content for hundreds of steps).",
     )
     tie_mlm_decoder: bool = Field(False, description="Share the MLM decoder with the word embeddings.")
+    itc_init: Literal["bert", "pytorch"] = Field(
+        "bert",
+        description="Initialisation of the ITC projections: 'bert' (normal(0.02), zero bias, like the other "
+        "new layers) or 'pytorch' (nn.Linear's default uniform, as the paper's code leaves them).",
+    )
 
 
 # ----------------------------------------------------------------------------- masking
