@@ -199,6 +199,18 @@ class OptimConfig(Section):
     lr: float = Field(2e-5, gt=0, description="Learning rate of the unimodal encoders.")
     lr_mult_fusion: float = Field(5.0, gt=0, description="Multiplier for the fusion layers.")
     lr_mult_heads: float = Field(5.0, gt=0, description="Multiplier for the heads.")
+    param_groups: Literal["scl", "paper"] = Field(
+        "scl",
+        description="Which parameters get which multiplier and weight decay. 'scl': encoders x1, fusion "
+        "(fusion layers, transforms, token types, poolers) x lr_mult_fusion, heads (ITM, MLM, ITC "
+        "projections and temperature, task heads) x lr_mult_heads; matrices decay, biases, norms and "
+        "scalars do not. 'paper': the released code's set_schedule, by the paper's parameter names: x "
+        "lr_mult_fusion for names containing 'cross_modal', x lr_mult_heads for the ITM, MLM, VQA and "
+        "NLVR2 heads, the base rate for everything else (token types, ITC projections and temperature "
+        "included); no weight decay only for names containing 'bias', 'LayerNorm.weight', 'norm.weight', "
+        "'norm1.weight' or 'norm2.weight' (so CLIP's ln_* weights, the ITC projections' LayerNorm, the class embedding, the mask token and "
+        "the temperature decay).",
+    )
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1e-8, gt=0)
