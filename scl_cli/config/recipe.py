@@ -168,9 +168,9 @@ class MaskingConfig(Section):
     scl_text_mask: float = Field(0.4, gt=0, lt=1, description="Global SCL: share of text positions masked.")
     scl_text_sampling: Literal["without_replacement", "with_replacement"] = Field(
         "without_replacement",
-        description="SCL text mask: 'without_replacement' masks round(scl_text_mask x n) distinct positions of "
-        "the n real words (at least one); 'with_replacement' draws int(scl_text_mask x n) + 1 positions with "
-        "replacement, as the paper's code does (repeats mask fewer distinct positions).",
+        description="SCL text mask: 'without_replacement' masks round(scl_text_mask x n) distinct "
+        "positions of the n real words (at least one); 'with_replacement' draws int(scl_text_mask x n) + 1 "
+        "positions with replacement, as the paper's code does (repeats mask fewer distinct positions).",
     )
     scl_local_image_mask: float = Field(
         0.3, gt=0, lt=1, description="Local SCL: share of patches replaced by the mask token."
@@ -178,8 +178,9 @@ class MaskingConfig(Section):
     patch_count: Literal["round", "floor"] = Field(
         "round",
         description="Patch counts of N patches: 'round' drops round(scl_image_drop x N) and masks "
-        "round(scl_local_image_mask x N) (65 of 324 kept at 288 px); 'floor' keeps int(N x (1 - scl_image_drop)) "
-        "and masks int(N x scl_local_image_mask), as the paper's code does (64 kept). At least one either way.",
+        "round(scl_local_image_mask x N) (65 of 324 kept at 288 px); 'floor' keeps int(N x (1 - "
+        "scl_image_drop)) and masks int(N x scl_local_image_mask), as the paper's code does (64 kept). At "
+        "least one either way.",
     )
 
     @model_validator(mode="after")
@@ -207,9 +208,9 @@ class OptimConfig(Section):
         "scalars do not. 'paper': the released code's set_schedule, by the paper's parameter names: x "
         "lr_mult_fusion for names containing 'cross_modal', x lr_mult_heads for the ITM, MLM, VQA and "
         "NLVR2 heads, the base rate for everything else (token types, ITC projections and temperature "
-        "included); no weight decay only for names containing 'bias', 'LayerNorm.weight', 'norm.weight', "
-        "'norm1.weight' or 'norm2.weight' (so CLIP's ln_* weights, the ITC projections' LayerNorm, the class embedding, the mask token and "
-        "the temperature decay).",
+        "included); no weight decay only for names containing 'bias', 'LayerNorm.weight', "
+        "'norm.weight', 'norm1.weight' or 'norm2.weight' (so CLIP's ln_* weights, the ITC projections' "
+        "LayerNorm, the class embedding, the mask token and the temperature decay).",
     )
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)

@@ -153,7 +153,8 @@ def released_step(masking: MaskingConfig, names: set[str], batch: dict, rank: in
 
 
 def run_step(objectives: dict, masking: MaskingConfig, runtime: Runtime, batch: dict) -> tuple[dict, dict]:
-    """scl's step as a run sets it up (freeze, DDP): logs averaged over ranks, gradients as DDP leaves them."""
+    """scl's step as a run sets it up (freeze, DDP): logs averaged over ranks, gradients as DDP
+    leaves them."""
     model = tiny_model()
     step = TrainStep(model, build_objectives(validate_objectives(objectives)), masking, SPEC, SEED)
     freeze_unreachable(model, step.objectives, step.masking, SPEC)

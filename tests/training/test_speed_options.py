@@ -90,11 +90,14 @@ def test_itc_alone_leaves_the_fusion_unreachable():
 def test_the_paper_settings_run_on_meta_too():
     # recipes/base.toml's masks (the collator's greedy candidate loop included: a vocabulary with
     # "##" pieces) and gather = "paper" read nothing on the host either.
-    paper = MaskingConfig(mlm_selection="wwm_collator", scl_text_sampling="with_replacement", patch_count="floor")
+    paper = MaskingConfig(
+        mlm_selection="wwm_collator", scl_text_sampling="with_replacement", patch_count="floor"
+    )
     spec = TextSpec(
         SPEC.vocab_size, SPEC.pad_id, SPEC.mask_id, SPEC.special_ids, SPEC.word_start,
         torch.arange(SPEC.vocab_size) % 7 == 0, torch.arange(SPEC.vocab_size) == 9,
     )  # fmt: skip
-    objectives = {name: {**table, "gather": "paper"} if name != "itm" else table for name, table in ALL.items()}
-    unreachable = unreachable_parameters(tiny_model(), build_objectives(validate_objectives(objectives)), paper, spec)
+    objectives = {n: {**t, "gather": "paper"} if n != "itm" else t for n, t in ALL.items()}
+    objs = build_objectives(validate_objectives(objectives))
+    unreachable = unreachable_parameters(tiny_model(), objs, paper, spec)
     assert set(unreachable) == {"vision.temporal_embedding"}
