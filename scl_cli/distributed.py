@@ -80,7 +80,8 @@ class _GatherLocalGrad(torch.autograd.Function):
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
         out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous())
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out, x.contiguous())
         return out
 
     @staticmethod

@@ -256,12 +256,11 @@ def _draw_with_replacement(
     length = attention.sum(dim=1, keepdim=True)
     inner = attention.bool() & (pos > 0) & (pos < length - 1)
     n = inner.sum(dim=1)
-    # int(n * ratio) + 1 in Python's float arithmetic, as a table: exact on every device.
-    counts = [int(k * ratio) + 1 if k > 0 else 0 for k in range(L + 1)]
-    draws = torch.tensor(counts, device=ids.device)[n]  # [B]
-    width = max(1, *counts)
+    # int(n * ratio) + 1, in float64 as Python computes it; none for an empty caption.
+    draws = torch.where(n > 0, (n.to(torch.float64) * ratio).floor().long() + 1, torch.zeros_like(n))  # [B]
+    width = max(1, int((L - 2) * ratio) + 1)  # the most draws a row of L tokens can get
     u = _uniform(noise, (B, L), ids.device)[:, :width]
-    nth = (u * n[:, None]).long().clamp(max=(n[:, None] - 1).clamp(min=0))  # 0 .. n-1
+    nth = (u.double() * n[:, None]).long().clamp(max=(n[:, None] - 1).clamp(min=0))  # 0 .. n-1
     at = torch.searchsorted(inner.long().cumsum(dim=1), nth + 1)  # the nth inner position
     real = torch.arange(width, device=ids.device)[None, :] < draws[:, None]
     hits = torch.zeros(B, L, dtype=torch.long, device=ids.device).scatter_add_(
