@@ -5,6 +5,13 @@ against features gathered from all ranks with `gather_with_grad`, whose backward
 gradients of every rank into the owner's local slice. DDP then averages parameter gradients over
 ranks. So a loss built as `global_mean(local_total, local_count)` makes the trained gradient that
 of `sum of all ranks' totals / global count`, exactly what one process with the whole batch gets.
+
+`gather_local_grad` is the paper's code's all-gather (`AllGather_multi` in IIGROUP/SCL
+`scl/modules/dist_utils.py`): its backward keeps only this rank's slice of the incoming gradient
+and drops what the other ranks' losses sent. Every rank computes the same loss over the gathered
+batch, so after DDP's average the features receive 1/world of that loss's gradient (parameters
+used directly by the loss, such as a temperature, still get all of it). The objectives use it
+when their recipe says `gather = "paper"`.
 """
 
 from __future__ import annotations
@@ -66,6 +73,29 @@ def gather_with_grad(x: Tensor) -> Tensor:
     if not _communicates(x):
         return x
     return _all_gather_autograd(x.contiguous())
+
+
+class _GatherLocalGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(out, x.contiguous())
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_local_grad(x: Tensor) -> Tensor:
+    """All ranks' `x` concatenated along dim 0, like `gather_with_grad`, but the backward passes only
+    this rank's slice of the gradient of this rank's loss: the paper's code's all-gather (see the
+    module docstring for what that trains). Identity in one process."""
+    if not _communicates(x):
+        return x
+    return _GatherLocalGrad.apply(x)
 
 
 def gather_no_grad(x: Tensor) -> Tensor:

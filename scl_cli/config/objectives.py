@@ -35,6 +35,15 @@ class ObjectiveSettings(BaseModel):
     weight: float = Field(1.0, ge=0, description="Multiplier in the total loss; 0 turns the objective off.")
 
 
+Gather = Literal["global", "paper"]
+GATHER_DESCRIPTION = (
+    "Data-parallel semantics. 'global': the true gradient of the loss over the global batch, whatever the "
+    "number of processes. 'paper': the released code's, whose all-gather passes back only the local slice "
+    "of the gradient (so after DDP averages, a gathered term trains at 1/world of its weight) and whose "
+    "ungathered terms see only the local batch. The same in one process."
+)
+
+
 class ITCSettings(ObjectiveSettings):
     name = "itc"
     objective = "scl_cli.objectives.itc:ITC"
@@ -42,6 +51,10 @@ class ITCSettings(ObjectiveSettings):
     reversed_clips: bool = Field(
         False,
         description="On clip batches, each clip played backwards is one more negative for the captions.",
+    )
+    gather: Gather = Field(
+        "global", description=GATHER_DESCRIPTION + " 'paper': features gathered (1/world), the temperature "
+        "trains at full weight."
     )
 
 
@@ -54,12 +67,20 @@ class ITMSettings(ObjectiveSettings):
 class MLMSettings(ObjectiveSettings):
     name = "mlm"
     objective = "scl_cli.objectives.mlm:MLM"
+    gather: Gather = Field(
+        "global", description=GATHER_DESCRIPTION + " MLM: 'global' averages over the masked tokens of the "
+        "global batch; 'paper' over each process's own (mean of per-process means)."
+    )
 
 
 class SCLGlobalSettings(ObjectiveSettings):
     name = "scl_global"
     objective = "scl_cli.objectives.scl_global:SCLGlobal"
     temperature: float = Field(0.03, gt=0)
+    gather: Gather = Field(
+        "global", description=GATHER_DESCRIPTION + " 'paper': the image term is gathered (1/world); the text "
+        "term contrasts the local batch only on image batches and is gathered (1/world) on clip batches."
+    )
 
 
 class SCLLocalSettings(ObjectiveSettings):
@@ -67,6 +88,10 @@ class SCLLocalSettings(ObjectiveSettings):
     objective = "scl_cli.objectives.scl_local:SCLLocal"
     default_weight = 0.2
     temperature: float = Field(0.03, gt=0)
+    gather: Gather = Field(
+        "global", description=GATHER_DESCRIPTION + " 'paper': the text term's masked words are gathered "
+        "(1/world); the image term contrasts the local batch's masked patches only."
+    )
 
 
 class RankSettings(ObjectiveSettings):

@@ -70,6 +70,12 @@ class VisionConfig(Section):
         "vit_base_patch16_clip_224.openai",
         description="Initialisation when model.init = 'pretrained': timm name, CLIP file or local path.",
     )
+    mask_token_std: float = Field(
+        0.02,
+        gt=0,
+        description="Standard deviation of the local-SCL mask token's normal initialisation (the paper's "
+        "code: 1.0, torch.randn).",
+    )
 
     @model_validator(mode="after")
     def _divisible(self) -> VisionConfig:
@@ -135,24 +141,57 @@ class ModelConfig(Section):
         "(for encoders trained from scratch, whose class token carries almost no content for hundreds of steps).",
     )
     tie_mlm_decoder: bool = Field(False, description="Share the MLM decoder with the word embeddings.")
+    itc_init: Literal["bert", "pytorch"] = Field(
+        "bert",
+        description="Initialisation of the ITC projections: 'bert' (normal(0.02), zero bias, like the other "
+        "new layers) or 'pytorch' (nn.Linear's default uniform, as the paper's code leaves them).",
+    )
 
 
 # ----------------------------------------------------------------------------- masking
 class MaskingConfig(Section):
     mlm_prob: float = Field(0.15, gt=0, lt=1, description="MLM: share of words masked.")
-    mlm_whole_word: bool = True
+    mlm_whole_word: bool = Field(
+        True, description="MLM: pick whole words (a word-start token and the pieces after it), not tokens."
+    )
+    mlm_selection: Literal["bernoulli", "wwm_collator"] = Field(
+        "bernoulli",
+        description="MLM: 'bernoulli' picks each word (or token) with probability mlm_prob among the real, "
+        "non-special tokens (transformers' DataCollatorForLanguageModeling today); 'wwm_collator' is "
+        "transformers 4.6's DataCollatorForWholeWordMask as the paper's code runs it: round(mlm_prob x "
+        "padded length) candidates (a token and the '##' pieces after it; with RoBERTa's tokenizer single "
+        "tokens) drawn among all positions, padding and special tokens included, which are then dropped.",
+    )
     mlm_mask_share: float = Field(0.8, ge=0, le=1, description="MLM: share of picked tokens set to <mask>.")
     mlm_random_share: float = Field(0.1, ge=0, le=1, description="MLM: share set to a random token.")
     scl_image_drop: float = Field(0.8, gt=0, lt=1, description="Global SCL: share of patches dropped.")
     scl_text_mask: float = Field(0.4, gt=0, lt=1, description="Global SCL: share of text positions masked.")
+    scl_text_sampling: Literal["without_replacement", "with_replacement"] = Field(
+        "without_replacement",
+        description="SCL text mask: 'without_replacement' masks round(scl_text_mask x n) distinct "
+        "positions of the n real words (at least one); 'with_replacement' draws int(scl_text_mask x n) + 1 "
+        "positions with replacement, as the paper's code does (repeats mask fewer distinct positions).",
+    )
     scl_local_image_mask: float = Field(
         0.3, gt=0, lt=1, description="Local SCL: share of patches replaced by the mask token."
+    )
+    patch_count: Literal["round", "floor"] = Field(
+        "round",
+        description="Patch counts of N patches: 'round' drops round(scl_image_drop x N) and masks "
+        "round(scl_local_image_mask x N) (65 of 324 kept at 288 px); 'floor' keeps int(N x (1 - "
+        "scl_image_drop)) and masks int(N x scl_local_image_mask), as the paper's code does (64 kept). At "
+        "least one either way.",
     )
 
     @model_validator(mode="after")
     def _shares(self) -> MaskingConfig:
         if self.mlm_mask_share + self.mlm_random_share > 1:
             raise ValueError("mlm_mask_share + mlm_random_share exceeds 1")
+        if self.mlm_selection == "wwm_collator" and not self.mlm_whole_word:
+            raise ValueError(
+                "mlm_selection = 'wwm_collator' always groups '##' pieces with the token before them: "
+                "set mlm_whole_word = true, or mlm_selection = 'bernoulli' to pick single tokens"
+            )
         return self
 
 
@@ -161,6 +200,18 @@ class OptimConfig(Section):
     lr: float = Field(2e-5, gt=0, description="Learning rate of the unimodal encoders.")
     lr_mult_fusion: float = Field(5.0, gt=0, description="Multiplier for the fusion layers.")
     lr_mult_heads: float = Field(5.0, gt=0, description="Multiplier for the heads.")
+    param_groups: Literal["scl", "paper"] = Field(
+        "scl",
+        description="Which parameters get which multiplier and weight decay. 'scl': encoders x1, fusion "
+        "(fusion layers, transforms, token types, poolers) x lr_mult_fusion, heads (ITM, MLM, ITC "
+        "projections and temperature, task heads) x lr_mult_heads; matrices decay, biases, norms and "
+        "scalars do not. 'paper': the released code's set_schedule, by the paper's parameter names: x "
+        "lr_mult_fusion for names containing 'cross_modal', x lr_mult_heads for the ITM, MLM, VQA and "
+        "NLVR2 heads, the base rate for everything else (token types, ITC projections and temperature "
+        "included); no weight decay only for names containing 'bias', 'LayerNorm.weight', "
+        "'norm.weight', 'norm1.weight' or 'norm2.weight' (so CLIP's ln_* weights, the ITC projections' "
+        "LayerNorm, the class embedding, the mask token and the temperature decay).",
+    )
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = Field(1e-8, gt=0)

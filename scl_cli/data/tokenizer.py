@@ -29,7 +29,10 @@ class TextTokenizer:
     Attributes: `vocab_size`, `pad_id`, `cls_id` (`<s>`), `sep_id` (`</s>`), `mask_id`, `unk_id`,
     `special_ids` (LongTensor [S]) and `word_start` (BoolTensor [vocab_size]: the token begins a
     word; special tokens count as word starts). A word is a word-start token followed by
-    non-word-start tokens, which is what whole-word masking groups.
+    non-word-start tokens, which is what whole-word masking groups. `continuation` and
+    `collator_skip` (BoolTensor [vocab_size]): tokens spelled "##..." and tokens spelled "[CLS]" /
+    "[SEP]", what transformers 4.6's whole-word collator looks at (`masking.mlm_selection =
+    "wwm_collator"`).
     """
 
     def __init__(self, backend: Tokenizer, specials: dict[str, str] | None = None, source: str = "") -> None:
@@ -49,6 +52,7 @@ class TextTokenizer:
         special_set = sorted({*ids.values(), *(backend.token_to_id(t) for t in specials_found)})
         self.special_ids = torch.tensor(special_set, dtype=torch.long)
         self.word_start = self._word_starts()
+        self.continuation, self.collator_skip = self._collator_flags()
         self._encoders: dict[int, Tokenizer] = {}
 
     def _word_starts(self) -> torch.Tensor:
@@ -65,6 +69,12 @@ class TextTokenizer:
                 starts[token_id] = token.startswith(_WORD_START_PREFIXES)
         starts[self.special_ids] = True
         return starts
+
+    def _collator_flags(self) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = [self.backend.id_to_token(i) or "" for i in range(self.vocab_size)]
+        continuation = torch.tensor([t.startswith("##") for t in tokens], dtype=torch.bool)
+        skip = torch.tensor([t in ("[CLS]", "[SEP]") for t in tokens], dtype=torch.bool)
+        return continuation, skip
 
     def _encoder(self, max_len: int) -> Tokenizer:
         # A configured copy per length: the wrapped tokenizer (and what `save` writes) stays plain.

@@ -21,9 +21,11 @@ from scl_cli.model.scl_model import SCLModel
 from scl_cli.model.task_heads import add_nlvr2_head, add_rank_head, add_vqa_head
 from scl_cli.model.vision import interpolate_positional_embedding
 
-# Recipe fields a fine-tuning run may set differently from the checkpoint.
+# Recipe fields a fine-tuning run may set differently from the checkpoint (the init fields only say
+# how the weights that the checkpoint then replaces were drawn).
 ADJUSTABLE = {("vision", "image_size"), ("fusion", "dropout"), ("init",), ("vision", "weights"),
-              ("text", "weights"), ("text", "tokenizer"), ("vision", "temporal_attention")}  # fmt: skip
+              ("text", "weights"), ("text", "tokenizer"), ("vision", "temporal_attention"),
+              ("itc_init",), ("vision", "mask_token_std")}  # fmt: skip
 
 
 @dataclass

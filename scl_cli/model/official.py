@@ -99,6 +99,19 @@ def official_name(key: str) -> tuple[str, str | None]:
     return "unmapped", None
 
 
+def released_name(ours: str) -> str:
+    """The published implementation's name for one of our parameter names (the renames above,
+    reversed). A parameter it does not have (`vision.temporal_embedding`) keeps our inner name under
+    the mapped prefix; a name outside every prefix is returned as it is."""
+    for theirs, mine in (*RENAMES, *FINETUNE_HEADS):
+        if mine.endswith("."):
+            if ours.startswith(mine):
+                return theirs + ours[len(mine) :]
+        elif ours == mine:
+            return theirs
+    return ours
+
+
 # ----------------------------------------------------------------------------- report
 @dataclass
 class ConvertReport(LoadReport):

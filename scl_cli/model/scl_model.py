@@ -73,8 +73,11 @@ class SCLModel(nn.Module):
         # What `from_recipe_model` loaded with model.init = "pretrained" (LoadReports; empty otherwise).
         self.init_reports: list = []
 
+        # The paper's code leaves its ITC projections (vision_proj, language_proj) at PyTorch's
+        # default init; model.itc_init = "pytorch" does the same.
+        keep = ("vision", "text") + (("itc_text_proj", "itc_image_proj") if cfg.itc_init == "pytorch" else ())
         for name, child in self.named_children():
-            if name not in ("vision", "text"):
+            if name not in keep:
                 child.apply(init_bert_style)
         if cfg.tie_mlm_decoder:
             if cfg.text.width != width:

@@ -89,7 +89,8 @@ class VisionEncoder(nn.Module):
         self.positional_embedding = nn.Parameter(scale * torch.randn(1 + self.num_patches, width))
         # Zeros: a clip starts out seen as independent CLIP frames; T = 1 never uses it.
         self.temporal_embedding = nn.Parameter(torch.zeros(cfg.max_frames, width))
-        self.mask_token = nn.Parameter(0.02 * torch.randn(1, width))
+        # Local SCL's mask token: normal(0, mask_token_std); the paper's code uses torch.randn (std 1).
+        self.mask_token = nn.Parameter(cfg.mask_token_std * torch.randn(1, width))
         self.ln_pre = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(ResidualBlock(width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.layers))
         self.ln_post = nn.LayerNorm(width)

@@ -11,7 +11,7 @@ the paper's code.
 Variants:
 - image: "full", "drop" (MAE-style dropping, global SCL), "masktok" (mask tokens, local SCL),
   "reversed" (clips with their frames in reverse order: negatives that differ only in time)
-- text: "full", "mlm" (15% whole-word BERT masking), "scl" (40% <mask>, global/local SCL)
+- text: "full", "mlm" (15% BERT masking, `masking.mlm_selection`), "scl" (40% <mask>, global/local SCL)
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ class StepContext:
                 self.masking.scl_image_drop,
                 self.device,
                 noise=self.random.uniform(self.patches, stream="drop"),
+                rule=self.masking.patch_count,
             )
         return self._masks["drop"]  # type: ignore[return-value]
 
@@ -108,6 +109,7 @@ class StepContext:
                 self.masking.scl_local_image_mask,
                 self.device,
                 noise=self.random.uniform(self.patches, stream="masktok"),
+                rule=self.masking.patch_count,
             )
         return self._masks["masktok"]  # type: ignore[return-value]
 
@@ -118,6 +120,7 @@ class StepContext:
             self._masks["mlm"] = M.mask_words_for_mlm(
                 self.text_ids, self.text_mask, self.spec, m.mlm_prob, m.mlm_whole_word,
                 m.mlm_mask_share, m.mlm_random_share, noise=self.random.uniform(self.text_ids.shape[1], 3, stream="mlm"),
+                selection=m.mlm_selection,
             )  # fmt: skip
         return self._masks["mlm"]  # type: ignore[return-value]
 
@@ -130,6 +133,7 @@ class StepContext:
                 self.spec,
                 self.masking.scl_text_mask,
                 noise=self.random.uniform(self.text_ids.shape[1], stream="scl"),
+                with_replacement=self.masking.scl_text_sampling == "with_replacement",
             )
         return self._masks["scl"]  # type: ignore[return-value]
 

@@ -4,6 +4,10 @@
 backwards as a negative for the captions: in-batch negatives almost never differ from the right
 clip only in the order of its frames, so without them nothing teaches the direction of motion
 ("Test of Time", Bagad et al., CVPR 2023, trains with the same time-reversed negatives).
+
+`gather = "paper"`: the released `compute_con` (all-gather whose backward keeps the local slice,
+the whole loss on every process): the features train at 1/world of the weight, the temperature
+at full weight.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class ITC(Objective):
         if self.settings.reversed_clips and ctx.frames > 1:
             reversed_clips = ctx.model.itc_image(ctx.image("reversed"))
         return {
-            "loss": symmetric_contrastive_loss(text, image, temperature, extra_b=reversed_clips),
+            "loss": symmetric_contrastive_loss(
+                text, image, temperature, extra_b=reversed_clips, gather=self.settings.gather
+            ),
             "temperature": temperature.detach(),
         }

@@ -5,6 +5,11 @@ image. The masked image's global feature (pass A) is pulled towards the unmasked
 feature (pass B), and the masked text's (pass B) towards the unmasked text's (pass A). Targets are
 detached: a masked modality can only recover its missing semantics through the other one.
 For video the image term is computed per frame class token and averaged over frames.
+
+`gather = "paper"`, as the released `compute_scl` (images) and `compute_scl_video` (clips): the image
+term is all-gathered with the local-slice gradient (1/world of its weight after DDP); the text term
+contrasts the local batch only on image batches (`text_feat_cls` is taken before the gather there)
+and is gathered like the image term on clip batches.
 """
 
 from __future__ import annotations
@@ -36,14 +41,18 @@ class SCLGlobal(Objective):
         ctx.request_fusion("scl_masked_text", text="scl", image="full")
 
     def loss(self, ctx: StepContext) -> LossOutput:
-        t = self.settings.temperature
+        t, gather = self.settings.temperature, self.settings.gather
+        text_gather = "global" if gather == "global" else ("paper" if ctx.frames > 1 else "local")
         masked_image, masked_text = ctx.fused("scl_masked_image"), ctx.fused("scl_masked_text")
         pred_frames = F.normalize(frame_class_tokens(masked_image.image, ctx.frames), dim=-1)
         target_frames = F.normalize(frame_class_tokens(masked_text.image, ctx.frames).detach(), dim=-1)
         image_term = torch.stack(
-            [symmetric_contrastive_loss(pred_frames[:, f], target_frames[:, f], t) for f in range(ctx.frames)]
+            [
+                symmetric_contrastive_loss(pred_frames[:, f], target_frames[:, f], t, gather=gather)
+                for f in range(ctx.frames)
+            ]
         ).mean()
         pred_text = F.normalize(masked_text.text[:, 0], dim=-1)
         target_text = F.normalize(masked_image.text[:, 0].detach(), dim=-1)
-        text_term = symmetric_contrastive_loss(pred_text, target_text, t)
+        text_term = symmetric_contrastive_loss(pred_text, target_text, t, gather=text_gather)
         return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}

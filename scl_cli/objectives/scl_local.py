@@ -5,6 +5,10 @@ outputs at the masked patches are contrasted against the detached outputs at the
 the unmasked-image pass B. The text outputs at the masked words of pass B are contrasted against
 the detached outputs at those positions of pass A (full text). Every masked token of the gathered
 batch is a candidate. `weight` applies to each modality's term.
+
+`gather = "paper"`, as the released `compute_scl(token_recover=True)`: the masked words of the whole
+batch are all-gathered with the local-slice gradient (1/world of the weight after DDP); the masked
+patches are contrasted within the local batch only.
 """
 
 from __future__ import annotations
@@ -38,15 +42,21 @@ class SCLLocal(Objective):
         ctx.request_fusion("scl_masktok_image", text="full", image="masktok")
 
     def loss(self, ctx: StepContext) -> LossOutput:
-        t = self.settings.temperature
+        t, paper = self.settings.temperature, self.settings.gather == "paper"
         image_pos = ctx.masked_image_positions()
         pred = tokens_at(ctx.fused("scl_masktok_image").image, image_pos)
         target = tokens_at(ctx.fused("scl_masked_text").image, image_pos).detach()
-        image_term = symmetric_contrastive_loss(F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t)
+        image_term = symmetric_contrastive_loss(
+            F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t, gather="local" if paper else "global"
+        )
         words = ctx.scl_text_mask
         pred = tokens_at(ctx.fused("scl_masked_text").text, words.index)
         target = tokens_at(ctx.fused("scl_masked_image").text, words.index).detach()
         text_term = symmetric_contrastive_loss(
-            F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t, valid=words.valid.flatten()
+            F.normalize(pred, dim=-1),
+            F.normalize(target, dim=-1),
+            t,
+            valid=words.valid.flatten(),
+            gather="paper" if paper else "global",
         )
         return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}

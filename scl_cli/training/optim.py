@@ -1,4 +1,9 @@
-"""AdamW with per-part learning rates and the warm-up / linear-decay schedule (DESIGN §1.3)."""
+"""AdamW with per-part learning rates and the warm-up / linear-decay schedule (DESIGN §1.3).
+
+Two ways to sort parameters into groups (`optim.param_groups`): scl's (`group_of`, the model's
+`param_group`: encoders x1, fusion x lr_mult_fusion, heads x lr_mult_heads; matrices decay) and
+the paper's (`released_group`: the released `set_schedule` applied to the published names).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,17 @@ import torch
 from torch import nn
 
 from scl_cli.config.recipe import OptimConfig
+from scl_cli.model.official import released_name
 
 PARTS = ("encoder", "fusion", "head")
+
+# IIGROUP/SCL scl/modules/scl_utils.py, set_schedule: substrings of the published parameter names.
+RELEASED_NO_DECAY = (
+    "bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
+    "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight",
+)  # fmt: skip
+RELEASED_HEADS = ("vqa_classifier", "nlvr2_classifier", "snli_classifier", "mlm_score", "itm_score")
+RELEASED_CROSS_MODAL = ("cross_modal",)
 
 
 def lr_multiplier(part: str, cfg: OptimConfig) -> float:
@@ -28,21 +42,40 @@ def uses_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim >= 2 and not name.endswith(".bias")
 
 
+def released_group(name: str) -> tuple[str, bool]:
+    """(part, decay) that the released `set_schedule` gives our parameter `name`, judged on its
+    published name: "head" (x lr_mult_head) for the ITM/MLM/VQA/NLVR2 heads, "fusion" (x
+    lr_mult_cross_modal) for names containing "cross_modal", "encoder" (the base rate) for the rest
+    (token types, ITC projections and temperature, the rank head included); weight decay unless the
+    name contains one of its no-decay substrings."""
+    theirs = released_name(name)
+    head = any(h in theirs for h in RELEASED_HEADS)
+    cross = any(c in theirs for c in RELEASED_CROSS_MODAL)
+    if head and cross:  # in none of set_schedule's six groups: it would not be trained there at all
+        raise ValueError(f"{name} ({theirs}) is both a head and cross-modal under the paper's rules")
+    part = "head" if head else "fusion" if cross else "encoder"
+    return part, not any(nd in theirs for nd in RELEASED_NO_DECAY)
+
+
 def build_param_groups(model: nn.Module, cfg: OptimConfig, group_of: Callable[[str], str]) -> list[dict]:
     """Optimizer parameter groups, one per (part, decay) pair that has trainable parameters.
 
-    `group_of(name)` maps a parameter name to "encoder", "fusion" or "head". Each group carries
-    `name` (e.g. "fusion" or "fusion_no_decay"), `lr_mult`, `lr` and `initial_lr` (= cfg.lr x
-    lr_mult, what the scheduler scales) and `weight_decay`. Frozen parameters are left out; tied
+    `group_of(name)` maps a parameter name to "encoder", "fusion" or "head" (scl's grouping; with
+    `cfg.param_groups = "paper"`, `released_group` decides part and decay instead). Each group
+    carries `name` (e.g. "fusion" or "fusion_no_decay"), `lr_mult`, `lr` and `initial_lr` (= cfg.lr
+    x lr_mult, what the scheduler scales) and `weight_decay`. Frozen parameters are left out; tied
     parameters appear once.
     """
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        part = group_of(name)
+        if cfg.param_groups == "paper":
+            part, decay = released_group(name)
+        else:
+            part, decay = group_of(name), uses_weight_decay(name, param)
         lr_multiplier(part, cfg)  # validates the part name
-        buckets.setdefault((part, uses_weight_decay(name, param)), []).append(param)
+        buckets.setdefault((part, decay), []).append(param)
 
     groups = []
     for part in PARTS:

@@ -44,6 +44,32 @@ def test_base_is_the_paper_setting():
     assert r.accumulation_steps() * r.micro_batch() * r.topology.world_size == 4096
 
 
+def test_base_takes_the_released_codes_choices_and_new_recipes_scls():
+    # README "Deviations from the paper's code": every switch is set to the released code's choice.
+    r = load_recipe(RECIPES / "base.toml")
+    assert r.optim.param_groups == "paper"
+    m = r.masking
+    assert (m.mlm_selection, m.scl_text_sampling, m.patch_count) == (
+        "wwm_collator",
+        "with_replacement",
+        "floor",
+    )
+    assert (r.model.vision.mask_token_std, r.model.itc_init, r.model.itc_text_pool) == (1.0, "pytorch", "cls")
+    assert {n: getattr(s, "gather", None) for n, s in r.objectives.items()} == {
+        "itc": "paper", "itm": None, "mlm": "paper", "scl_global": "paper", "scl_local": "paper",
+    }  # fmt: skip
+    assert r.data.crop_min_scale == 0.8 and r.objectives["itm"].negatives == "random"
+    for name in ("tiny.toml", "tiny_mixed.toml"):  # one process, from scratch: scl's defaults
+        t = load_recipe(RECIPES / name)
+        assert t.optim.param_groups == "scl" and t.masking.mlm_selection == "bernoulli"
+        assert all(getattr(s, "gather", "global") == "global" for s in t.objectives.values())
+
+
+def test_the_collator_selection_needs_whole_words(tmp_path):
+    with pytest.raises(RecipeError, match="mlm_selection = 'wwm_collator' always groups"):
+        load_recipe(write(tmp_path, "[masking]\nmlm_selection = 'wwm_collator'\nmlm_whole_word = false\n"))
+
+
 def test_overrides_are_typed():
     r = load_recipe(
         RECIPES / "tiny.toml",

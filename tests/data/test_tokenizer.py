@@ -87,3 +87,19 @@ def test_missing_tokenizers_name_what_is_missing(tmp_path: Path, monkeypatch: py
         DataError, match="'scl-test/no-such-tokenizer': not found .* local tokenizer.json path"
     ):
         load_tokenizer("scl-test/no-such-tokenizer", tmp_path, "shapes")
+
+
+def test_collator_flags_are_what_the_4_6_collator_reads_in_token_strings() -> None:
+    from tokenizers import Tokenizer, models
+
+    from scl_cli.objectives.masking import TextSpec
+
+    tokens = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "Ġplay", "##ing", "[CLS]", "[SEP]", "#", "x##"]
+    tok = TextTokenizer(Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>")))
+    assert tok.continuation.tolist() == [t.startswith("##") for t in tokens]
+    assert tok.collator_skip.tolist() == [t in ("[CLS]", "[SEP]") for t in tokens]
+    spec = TextSpec.from_tokenizer(tok, vocab_size=len(tokens) + 3)  # the model's vocabulary may be larger
+    assert spec.continuation.tolist() == [t.startswith("##") for t in tokens] + [False] * 3
+    # A byte-level BPE tokenizer has neither: the collator's candidates are single tokens.
+    plain = train_bpe_tokenizer(["a red circle", "a blue square"] * 5, vocab_size=300)
+    assert TextSpec.from_tokenizer(plain).continuation is None

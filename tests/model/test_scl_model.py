@@ -200,3 +200,43 @@ def test_training_passes_need_no_host_sync() -> None:
     loss = model.itm_logits(model.pooled(out, 2)).sum() + model.mlm_logits(out.text).sum() + (t * v).sum()
     loss.backward()
     assert model.vision.mask_token.grad is not None
+
+
+def test_mask_token_init_std_is_a_recipe_field() -> None:
+    # The paper's code: `visual_mask_token = nn.Parameter(torch.randn(1, width))` (clip_model.py:79),
+    # which the CLIP checkpoint does not hold: N(0, 1). scl's default: N(0, 0.02).
+    for std in (1.0, 0.02):
+        torch.manual_seed(0)
+        cfg = tiny_config(
+            vision=VisionConfig(
+                image_size=16, patch_size=16, width=768, layers=1, heads=12, mask_token_std=std
+            )
+        )
+        token = SCLModel(cfg, VOCAB, PAD).vision.mask_token.detach()
+        assert token.shape == (1, 768)
+        assert abs(token.mean().item()) < 4 * std / 768**0.5
+        assert abs(token.std().item() / std - 1) < 0.08
+
+
+def test_itc_projections_keep_pytorch_default_init_when_asked() -> None:
+    # The paper's code builds vision_proj / language_proj (nn.Sequential of Linear, LayerNorm, GELU,
+    # Linear) and never applies init_weights to them: nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    # for weight and bias (std 1/sqrt(3 fan_in)). Every other new layer is BERT-style either way.
+    width, out = 256, 128
+    fusion = FusionConfig(width=width, layers=1, heads=2)
+    for itc_init in ("pytorch", "bert"):
+        torch.manual_seed(0)
+        model = SCLModel(tiny_config(fusion=fusion, itc_dim=out, itc_init=itc_init), VOCAB, PAD)
+        for proj in (model.itc_text_proj, model.itc_image_proj):
+            for linear in (proj[0], proj[3]):
+                w, b = linear.weight.detach(), linear.bias.detach()
+                if itc_init == "pytorch":
+                    bound = width**-0.5
+                    assert w.abs().max() <= bound and b.abs().max() <= bound
+                    assert abs(w.std().item() / (3 * width) ** -0.5 - 1) < 0.03
+                    assert b.abs().max() > bound / 2  # drawn, not zero
+                else:
+                    assert abs(w.std().item() / 0.02 - 1) < 0.03 and torch.all(b == 0)
+            assert torch.all(proj[1].weight == 1) and torch.all(proj[1].bias == 0)
+        assert abs(model.itm_head.fc.weight.std().item() / 0.02 - 1) < 0.05  # still BERT-style
+        assert torch.all(model.text_transform.bias == 0)

@@ -9,6 +9,7 @@ import torch
 
 from scl_cli.config.recipe import MaskingConfig
 from scl_cli.objectives import build_objectives, validate_objectives
+from scl_cli.objectives.masking import TextSpec
 from scl_cli.training.freeze import unreachable_parameters
 from scl_cli.training.parallel import transformer_layers
 from scl_cli.training.step import TrainStep
@@ -84,3 +85,19 @@ def test_itc_alone_leaves_the_fusion_unreachable():
     )
     assert any(n.startswith("fusion.") for n in names) and any(n.startswith("mlm_head.") for n in names)
     assert not any(n.startswith(("vision.blocks", "text.encoder", "itc_")) for n in names)
+
+
+def test_the_paper_settings_run_on_meta_too():
+    # recipes/base.toml's masks (the collator's greedy candidate loop included: a vocabulary with
+    # "##" pieces) and gather = "paper" read nothing on the host either.
+    paper = MaskingConfig(
+        mlm_selection="wwm_collator", scl_text_sampling="with_replacement", patch_count="floor"
+    )
+    spec = TextSpec(
+        SPEC.vocab_size, SPEC.pad_id, SPEC.mask_id, SPEC.special_ids, SPEC.word_start,
+        torch.arange(SPEC.vocab_size) % 7 == 0, torch.arange(SPEC.vocab_size) == 9,
+    )  # fmt: skip
+    objectives = {n: {**t, "gather": "paper"} if n != "itm" else t for n, t in ALL.items()}
+    objs = build_objectives(validate_objectives(objectives))
+    unreachable = unreachable_parameters(tiny_model(), objs, paper, spec)
+    assert set(unreachable) == {"vision.temporal_embedding"}
