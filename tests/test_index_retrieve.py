@@ -164,7 +164,7 @@ def test_retrieve_cli_json_grid_missing_files_and_fingerprint(tiny_ckpt, tmp_pat
     assert code == 0 and "missing" in err and "(missing)" in out
 
     # --ckpt alone finds the newest index made from it; image -> image search.
-    hits = retrieve(image=folder / "01-blue.png", ckpt=tiny_ckpt, top_k=2).hits
+    hits = retrieve(image=folder / "01-blue.png", ckpt=tiny_ckpt, top_k=2)[0].hits
     assert hits[0].path == str((folder / "01-blue.png").resolve()) and hits[0].score == pytest.approx(
         1, abs=1e-4
     )
