@@ -104,11 +104,14 @@ class MicroBatcher:
             batch = [await self.queue.get()]
             deadline = loop.time() + self.limits.batch_wait_s
             while len(batch) < self.limits.max_batch:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
                 timeout = deadline - loop.time()
-                if timeout <= 0 and self.queue.empty():
+                if timeout <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), max(timeout, 0)))
+                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
                 except TimeoutError:
                     break
             live = [(item, future) for item, future in batch if not future.done()]
