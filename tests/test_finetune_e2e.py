@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+import scl_cli as scl
 from scl_cli.config import load_recipe
 from scl_cli.engines.finetune import finetune
 from scl_cli.engines.pretrain import pretrain
@@ -53,6 +55,20 @@ def test_finetune_then_evaluate(shapes_root, tiny_ckpt, tmp_path, recipe, metric
     report = json.loads(out.read_text())
     assert report["task"] == task and report["split"] == "test" and report["samples"] > 0
     assert metric in report["metrics"] and report["seconds"] > 0 and report["checkpoint"]
+
+    # The fine-tuned run describes its head and answers from Python.
+    head = {"vqa": "vqa", "nlvr2": "nlvr2", "retrieval": "rank"}[task]
+    assert head in config["heads"]
+    model = scl.load(run)
+    assert model.heads == [head]
+    image = Image.new("RGB", (48, 48), "red")
+    if task == "vqa":
+        assert config["heads"]["vqa"]["vocabulary"] == "answers.json"
+        assert model.answer(image, "what colour is the circle?").answer in model.answers
+    elif task == "nlvr2":
+        assert 0 <= model.nlvr2(image, image, "both images are red").probability <= 1
+    else:
+        assert model.scorer == "rank head" and model.score(image, ["a red circle"]).shape == (1,)
 
 
 def test_zero_shot_retrieval_from_a_pretraining_checkpoint(shapes_root, tiny_ckpt, tmp_path):

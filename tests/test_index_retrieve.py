@@ -164,7 +164,7 @@ def test_retrieve_cli_json_grid_missing_files_and_fingerprint(tiny_ckpt, tmp_pat
     assert code == 0 and "missing" in err and "(missing)" in out
 
     # --ckpt alone finds the newest index made from it; image -> image search.
-    hits = retrieve(image=folder / "01-blue.png", ckpt=tiny_ckpt, top_k=2).hits
+    hits = retrieve(image=folder / "01-blue.png", ckpt=tiny_ckpt, top_k=2)[0].hits
     assert hits[0].path == str((folder / "01-blue.png").resolve()) and hits[0].score == pytest.approx(
         1, abs=1e-4
     )
@@ -181,3 +181,28 @@ def test_retrieve_cli_json_grid_missing_files_and_fingerprint(tiny_ckpt, tmp_pat
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     code, out, err = scl("retrieve", "--ckpt", str(other), "--query", "x", capsys=capsys)
     assert code == 2 and "scl index --ckpt" in err
+
+
+def test_many_queries_share_one_model_load_and_report_what_they_cost(tiny_ckpt, tmp_path, capsys):
+    folder = image_folder(tmp_path / "imgs", ["red", "blue", "green"])
+    queries = tmp_path / "queries.txt"
+    queries.write_text("a green square\n\n  a blue star  \n")
+    code, out, err = scl("retrieve", "--ckpt", str(tiny_ckpt), "--images", str(folder), "--query", "a red circle",
+                         "--query", "red", "--queries", str(queries), "--image", str(folder / "01-blue.png"),
+                         "--top-k", "2", "--json", capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    results = json.loads(out)
+    assert [r["query"] for r in results] == ["a red circle", "red", "a green square", "a blue star",
+                                             str(folder / "01-blue.png")]  # fmt: skip
+    assert [r["mode"] for r in results] == ["text->image"] * 4 + ["image->image"]
+    seconds = results[0]["seconds"]
+    assert {r["seconds"]["load"] for r in results} == {seconds["load"]}  # one load for all
+    assert seconds["startup"] > 0 and seconds["total"] >= seconds["startup"] + seconds["load"]
+    # the text table: one per query, and the start-up it cost
+    code, out, err = scl("retrieve", "--ckpt", str(tiny_ckpt), "--images", str(folder), "--query", "a", "--query", "b",
+                         capsys=capsys)  # fmt: skip
+    assert code == 0 and out.count("text->image") == 2 and "2 queries in" in out + err and "start-up" in out + err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    code, _, err = scl("retrieve", "--ckpt", str(tiny_ckpt), "--queries", str(empty), capsys=capsys)
+    assert code == 2 and "no query in it" in err

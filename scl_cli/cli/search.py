@@ -69,9 +69,14 @@ def index_(
 
 @app.command()
 def retrieve(
-    query: Annotated[str | None, typer.Option("--query", help="Text to search images for.")] = None,
+    query: Annotated[
+        list[str] | None, typer.Option("--query", help="Text to search images for (repeatable).")
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="A text file of queries, one per line (one model load for all).")
+    ] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", help="Image (or video) file: find similar images.")
+        list[Path] | None, typer.Option("--image", help="Image (or video) file: find similar images (repeatable).")
     ] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder from `scl index`.")] = None,
     ckpt: Annotated[
@@ -82,7 +87,7 @@ def retrieve(
         Path | None,
         typer.Option("--images", help="Search this folder: indexes it first (cached, new files appended)."),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Hits to show.")] = 10,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Hits to show per query.")] = 10,
     rerank: Annotated[
         int,
         typer.Option(
@@ -92,34 +97,47 @@ def retrieve(
         ),
     ] = 0,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print the hits as JSON (for scripts) instead of a table.")
+        bool,
+        typer.Option("--json", help="Print the hits as JSON (one object; a list of them for several queries)."),
     ] = False,
     grid: Annotated[
-        Path | None, typer.Option("--grid", help="Also write a contact sheet PNG of the hits.")
+        Path | None,
+        typer.Option("--grid", help="Also write a contact sheet PNG of the hits (several queries: OUT-1.png, ...)."),
     ] = None,
     plain: PlainOpt = False,
 ) -> None:
-    """Search an index by text (--query) or by image (--image): stage 1 ITC from the index, stage 2
-    (--rerank K) the fusion score of the top K."""
+    """Search an index by text (--query, --queries) or by image (--image): stage 1 ITC from the
+    index, stage 2 (--rerank K) the fusion score of the top K. Every query of one call shares one
+    model load."""
     import json as _json
 
+    from scl_cli.engines.retrieve import grid_paths, process_seconds
     from scl_cli.engines.retrieve import retrieve as retrieve_engine
     from scl_cli.reporting import make_reporter
 
+    startup = process_seconds()
     reporter = make_reporter(force_plain=plain)
-    result = retrieve_engine(query, image, index, ckpt, images, top_k, rerank, grid, reporter=reporter)
+    results = retrieve_engine(query, image, index, ckpt, images, top_k, rerank, grid, reporter=reporter,
+                              queries_file=queries, startup=startup)  # fmt: skip
     if json_out:
-        typer.echo(_json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        payload = results[0].to_json() if len(results) == 1 else [r.to_json() for r in results]
+        typer.echo(_json.dumps(payload, indent=2, ensure_ascii=False))
     else:
-        rows = [[h.rank, f"{h.score:.4f}" + (" *" if h.stage == "rerank" else ""), h.label + (" (missing)" if h.missing else ""),
-                 h.captions[0] if h.captions else ""] for h in result.hits]  # fmt: skip
-        scorer = "" if result.scorer == "itc" else f"; * = {result.scorer} of the top {result.rerank}"
-        reporter.table(f"{result.mode}: {result.query!r} ({result.index}; ITC cosine{scorer}; "
-                       f"search {1000 * result.seconds['search']:.1f} ms, re-rank {1000 * result.seconds['rerank']:.0f} ms)",
-                       ["rank", "score", "path", "caption"], rows)  # fmt: skip
-    if result.missing:
-        first = result.missing[0].label
-        reporter.warn(f"{len(result.missing)} of {len(result.hits)} hits are missing on disk (first: {first}) — "
+        for result in results:
+            rows = [[h.rank, f"{h.score:.4f}" + (" *" if h.stage == "rerank" else ""), h.label + (" (missing)" if h.missing else ""),
+                     h.captions[0] if h.captions else ""] for h in result.hits]  # fmt: skip
+            scorer = "" if result.scorer == "itc" else f"; * = {result.scorer} of the top {result.rerank}"
+            reporter.table(f"{result.mode}: {result.query!r} ({result.index}; ITC cosine{scorer}; "
+                           f"search {1000 * result.seconds['search']:.1f} ms, re-rank {1000 * result.seconds['rerank']:.0f} ms)",
+                           ["rank", "score", "path", "caption"], rows)  # fmt: skip
+        if len(results) > 1:
+            s = results[0].seconds
+            reporter.info(f"{len(results)} queries in {s['total']:.1f} s (start-up {s['startup']:.1f} s, "
+                          f"model load {s['load']:.1f} s)")  # fmt: skip
+    missing = [h for r in results for h in r.missing]
+    if missing:
+        hits = sum(len(r.hits) for r in results)
+        reporter.warn(f"{len(missing)} of {hits} hits are missing on disk (first: {missing[0].label}) — "
                       "rebuild the index (scl index) if the collection moved")  # fmt: skip
     if grid is not None:
-        reporter.info(f"contact sheet: {grid}")
+        reporter.info("contact sheet: " + ", ".join(str(p) for p in grid_paths(grid, len(results))))

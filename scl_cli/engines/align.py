@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 
 from scl_cli.data.align_bench import iter_align_bench
-from scl_cli.devices import pick_device
 from scl_cli.evaluation.align import AlignScores, caption_attention, score_image
-from scl_cli.inference.loading import load_model
+from scl_cli.inference import SCL
 from scl_cli.io.atomic import atomic_write_json
 from scl_cli.reporting import NullReporter, Reporter
 
@@ -42,27 +41,25 @@ def align(
     """Score `ckpt` on the ALIGN-BENCH folder `data` (images/ + pkls/)."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
-    dev = pick_device(device)
-    loaded = load_model(ckpt)
-    loaded.model.to(dev).eval()
-    size = loaded.model.config.vision.image_size
+    scl = SCL.from_pretrained(ckpt, device=device)
+    size = scl.model_config.vision.image_size
     scores = AlignScores()
     count = 0
     with reporter.progress("align", limit) as task:
         for sample in iter_align_bench(data, limit):
-            count += _score_sample(loaded, sample, size, dev, scores)
+            count += _score_sample(scl, sample, size, scores)
             task.advance()
-    return AlignReport(str(loaded.config.get("checkpoint", ckpt)), str(data), count,
+    return AlignReport(str(scl.config.get("checkpoint", ckpt)), str(data), count,
                        time.perf_counter() - started, scores.means())  # fmt: skip
 
 
-def _score_sample(loaded, sample, size: int, dev: torch.device, scores: AlignScores) -> int:
+def _score_sample(scl: SCL, sample, size: int, scores: AlignScores) -> int:
     with Image.open(sample.image) as opened:
         image = opened.convert("RGB")
     width, height = image.size
     # Squashed to the model's square, as the scripts' Resize((size, size)) does (no crop).
     squashed = image.resize((size, size), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(squashed, dtype=np.uint8).copy()).permute(2, 0, 1)
-    global_map, pieces, piece_maps = caption_attention(loaded, pixels, sample.caption, dev)
+    global_map, pieces, piece_maps = caption_attention(scl, pixels, sample.caption)
     score_image(scores, global_map, pieces, piece_maps, sample.regions, height, width)
     return 1

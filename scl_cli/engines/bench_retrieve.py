@@ -152,38 +152,34 @@ def bench_rerank(
 ) -> dict[str, float | str]:
     """Milliseconds per re-ranked candidate: encode `candidates` images (ViT) and fuse each with
     one query, as `Retriever._rerank` does (image decoding excluded)."""
-    from scl_cli.model.scoring import fusion_scores, image_features, text_features
+    from scl_cli.inference import SCL
 
     if ckpt is not None:
-        from scl_cli.inference.loading import load_model
-
-        model = load_model(ckpt).model
+        scl = SCL.from_pretrained(ckpt, device="cpu")
         source = str(ckpt)
     elif recipe is not None:
         from scl_cli.config import load_recipe
         from scl_cli.model import SCLModel
 
         cfg = load_recipe(recipe, ['model.init="random"']).model
-        model = SCLModel(cfg, cfg.text.vocab_size or 50265, 1)
+        scl = SCL(SCLModel(cfg, cfg.text.vocab_size or 50265, 1), device="cpu")
         source = f"{recipe} (random weights)"
     else:
         raise UsageError("pass --ckpt CHECKPOINT or --recipe RECIPE for the re-rank latency")
-    model.eval()
+    model = scl.module
     cfg = model.config
     size, max_len = cfg.vision.image_size, cfg.text.max_len
     images = torch.randint(0, 256, (candidates, 1, 3, size, size), dtype=torch.uint8)
     ids = torch.randint(5, min(model.vocab_size, 1000), (1, max_len))
     mask = torch.ones(1, max_len, dtype=torch.long)
-    _, tokens = text_features(model, ids, mask)
+    tokens = scl.text_features((ids, mask)).tokens
     assert tokens is not None
 
     def once() -> tuple[float, float]:
         t0 = time.perf_counter()
-        _, image_tokens = image_features(model, images)
+        _, image_tokens = scl.image_features(images)
         t1 = time.perf_counter()
-        fusion_scores(
-            model, tokens.expand(candidates, -1, -1).contiguous(), mask.expand(candidates, -1), image_tokens
-        )
+        scl.fusion_scores(tokens.expand(candidates, -1, -1).contiguous(), mask.expand(candidates, -1), image_tokens)
         return t1 - t0, time.perf_counter() - t1
 
     once()

@@ -38,7 +38,7 @@ def convert_official(path: Path, out: Path, max_len: int = 50) -> ConvertReport:
         save_file(
             {k: v.contiguous() for k, v in converted.items()}, tmp / MODEL_FILE, metadata={"format": "pt"}
         )
-        config = converted_config(report, meta)
+        config = converted_config(report, meta, converted)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
         (tmp / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
     return report

@@ -27,6 +27,7 @@ from scl_cli.errors import UsageError
 from scl_cli.evaluation.common import EvalReport
 from scl_cli.evaluation.run import evaluate
 from scl_cli.inference.loading import load_model
+from scl_cli.model.task_heads import VQA_VOCABULARY_FILE
 from scl_cli.objectives import build_objectives
 from scl_cli.objectives.masking import TextSpec
 from scl_cli.reporting import NullReporter, Reporter
@@ -125,7 +126,7 @@ def finetune(
     else:
         collate = CaptionBatcher(loaded.tokenizer, transform, max_len, recipe.data.num_frames)
 
-    config = checkpoint_config(recipe, model)
+    config = checkpoint_config(recipe, model, VQA_VOCABULARY_FILE if answers else None)
     config["model"] = model.config.model_dump(mode="json")
     config["task"] = task.model_dump(mode="json")
     config["finetuned_from"] = str(loaded.config.get("checkpoint", ckpt))
@@ -133,8 +134,8 @@ def finetune(
         extra = {"tokenizer.json": Path(tmp) / "tokenizer.json"}
         loaded.tokenizer.save(extra["tokenizer.json"])
         if answers:
-            extra["answers.json"] = Path(tmp) / "answers.json"
-            extra["answers.json"].write_text(json.dumps(answers), encoding="utf-8")
+            extra[VQA_VOCABULARY_FILE] = Path(tmp) / VQA_VOCABULARY_FILE
+            extra[VQA_VOCABULARY_FILE].write_text(json.dumps(answers), encoding="utf-8")
         result = run_training(
             recipe, model, loaded.tokenizer, step, runtime, run_dir,
             resume_from=found,

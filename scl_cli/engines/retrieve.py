@@ -1,17 +1,27 @@
-"""Engine of `scl retrieve`: one query (text or image) against the index it resolves to; with
-`--images DIR`, that folder is indexed first (cached beside the checkpoint, new files appended)."""
+"""Engine of `scl retrieve`: any number of queries (texts, text files of one query per line, image
+files) against the index they resolve to, with one model load; with `--images DIR`, that folder is
+indexed first (cached beside the checkpoint, new files appended).
+
+Each result's `seconds` says what the command really cost: `startup` (the process up to this
+engine: interpreter, imports, command line), `load` (index resolution and the model), then the
+`encode` / `search` / `rerank` of the batch the query was answered in, and `total` (process start
+to the answers)."""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import scl_cli
 from scl_cli.errors import UsageError
-from scl_cli.model.scoring import fusion_scorer_name
 from scl_cli.reporting import NullReporter, Reporter, StageProgress
 from scl_cli.search.indexing import build_index
-from scl_cli.search.retriever import RetrievalResult, Retriever, resolve_index
+from scl_cli.search.retriever import Hit, RetrievalResult, Retriever, resolve_index
 from scl_cli.search.store import default_index_dir, images_dir_name, is_index
+
+TEXT_BATCH = 256  # text queries encoded and searched together
 
 
 def index_folder(ckpt: Path, folder: Path, reporter: Reporter) -> Path:
@@ -26,9 +36,41 @@ def index_folder(ckpt: Path, folder: Path, reporter: Reporter) -> Path:
     return out
 
 
+def process_seconds() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since `import scl_cli`)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - started)
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - scl_cli.STARTED
+
+
+def read_queries(path: Path) -> list[str]:
+    """The non-empty lines of a `--queries` file, stripped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"--queries {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--queries {path}: unreadable ({err})") from None
+    queries = [line.strip() for line in lines if line.strip()]
+    if not queries:
+        raise UsageError(f"--queries {path}: no query in it (one per line)")
+    return queries
+
+
+def grid_paths(grid: Path, count: int) -> list[Path]:
+    """One contact sheet per query: `grid` itself for one, `STEM-1.png`, `STEM-2.png`, ... for several."""
+    if count == 1:
+        return [grid]
+    return [grid.with_name(f"{grid.stem}-{i}{grid.suffix or '.png'}") for i in range(1, count + 1)]
+
+
 def retrieve(
-    query: str | None = None,
-    image: Path | None = None,
+    query: str | Sequence[str] | None = None,
+    image: Path | Sequence[Path] | None = None,
     index: Path | None = None,
     ckpt: Path | None = None,
     images: Path | None = None,
@@ -37,27 +79,43 @@ def retrieve(
     grid: Path | None = None,
     device: str = "auto",
     reporter: Reporter | None = None,
-) -> RetrievalResult:
-    """One query (text `query` or image file `image`) against the resolved index; see the module docstring."""
-    if (query is None) == (image is None):
-        raise UsageError("pass exactly one of --query TEXT or --image FILE")
-    if image is not None and rerank:
+    queries_file: Path | None = None,
+    startup: float = 0.0,
+) -> list[RetrievalResult]:
+    """Text queries (`query`, one or several, plus the lines of `queries_file`) and image queries
+    (`image` files) against the resolved index, in that order; see the module docstring.
+    `startup`: seconds the caller spent before this call (the CLI: `process_seconds()`)."""
+    engine_started = time.perf_counter()
+    texts = [query] if isinstance(query, str) else list(query or [])
+    texts += read_queries(queries_file) if queries_file is not None else []
+    files = [image] if isinstance(image, str | Path) else list(image or [])
+    if not texts and not files:
+        raise UsageError("pass --query TEXT, --queries FILE or --image FILE (each may be repeated)")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise UsageError(f"--query {empty[0] + 1} is empty")
+    if files and rerank and not texts:
         raise UsageError("--rerank re-scores (text, image) pairs: use it with --query")
-    started = time.perf_counter()
     reporter = reporter or NullReporter()
     where = resolve_index(index, ckpt, images, lambda c, folder: index_folder(c, folder, reporter))
     retriever = Retriever(where, ckpt, device)
-    loaded_s = time.perf_counter() - started
-    if query is not None:
-        hits = retriever.search_texts([query], top_k, rerank)[0]
-        mode = "text->image"
-    else:
-        hits = retriever.search_image(Path(str(image)), top_k)
-        mode = "image->image"
-    scorer = fusion_scorer_name(retriever.model) if rerank else "itc"
-    seconds = {"load": round(loaded_s, 4), **{k: round(v, 4) for k, v in retriever.timings.items()}}
-    result = RetrievalResult(query if query is not None else str(image), mode, str(where), str(retriever.ckpt.path),
-                             scorer, rerank, hits, seconds)  # fmt: skip
+    load_s = time.perf_counter() - engine_started
+    answered: list[tuple[str, str, list[Hit], dict[str, float], int]] = []
+    for a in range(0, len(texts), TEXT_BATCH):
+        batch = texts[a : a + TEXT_BATCH]
+        for text, hits in zip(batch, retriever.search_texts(batch, top_k, rerank), strict=True):
+            answered.append((text, "text->image", hits, dict(retriever.timings), rerank))
+    for file in files:
+        hits = retriever.search_image(Path(file), top_k)
+        answered.append((str(file), "image->image", hits, dict(retriever.timings), 0))
+    total = startup + time.perf_counter() - engine_started
+    scorer = retriever.model.scorer
+    results = []
+    for text, mode, hits, timings, k in answered:
+        seconds = {"startup": startup, "load": load_s, **timings, "total": total}
+        results.append(RetrievalResult(text, mode, str(where), str(retriever.ckpt.path), scorer if k else "itc", k,
+                                       hits, {name: round(v, 4) for name, v in seconds.items()}))  # fmt: skip
     if grid is not None:
-        retriever.write_grid(hits, grid, f"{mode}: {result.query}")
-    return result
+        for result, out in zip(results, grid_paths(Path(grid), len(results)), strict=True):
+            retriever.write_grid(result.hits, out, f"{result.mode}: {result.query}")
+    return results

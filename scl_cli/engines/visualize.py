@@ -13,15 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scl_cli.data.media import MediaError, load_file
 from scl_cli.data.transforms import ImageTransform
-from scl_cli.devices import pick_device
 from scl_cli.errors import UsageError
 from scl_cli.evaluation.align import caption_attention, merge_words
 from scl_cli.figures.heatmaps import Panel, chunk_rows, columns_for, heatmap_grid
-from scl_cli.inference.loading import LoadedModel, load_model
+from scl_cli.inference import SCL
 from scl_cli.model.preprocess import to_model_input
 from scl_cli.objectives.masking import mask_patches
-from scl_cli.search.media import MediaError, load_file
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif")
 
@@ -46,19 +45,17 @@ def visualize(
 ) -> VisualizeResult:
     if not text.strip():
         raise UsageError("--text is empty")
-    dev = pick_device(device)
-    loaded = load_model(ckpt)
-    loaded.model.to(dev).eval()
-    size = loaded.model.config.vision.image_size
-    shown, pixels = _read(Path(image), size, frames, loaded.model.config.vision.max_frames)
+    scl = SCL.from_pretrained(ckpt, device=device)
+    size = scl.model_config.vision.image_size
+    shown, pixels = _read(Path(image), size, frames, scl.model_config.vision.max_frames)
     out = Path(out or f"{Path(image).stem}-attention.png")
     if masked:
-        rows = _masked_rows(loaded, shown, pixels, text, mask_share, seed, dev)
+        rows = _masked_rows(scl, shown, pixels, text, mask_share, seed)
         heatmap_grid(rows, out, f"local SCL: {text}")
         return VisualizeResult(out, [], len(shown))
     rows, words = [], []
     for t, frame in enumerate(shown):
-        global_map, pieces, piece_maps = caption_attention(loaded, pixels[t], text, dev)
+        global_map, pieces, piece_maps = caption_attention(scl, pixels[t], text)
         words, word_maps = merge_words(pieces, piece_maps)
         label = f"frame {t + 1}" if len(shown) > 1 else "image"
         panels = [Panel(label, frame), Panel("global ([CLS])", frame, global_map)]
@@ -90,20 +87,19 @@ def _read(path: Path, size: int, frames: int, max_frames: int) -> tuple[list[Ima
     return [original], pixels
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _masked_rows(
-    loaded: LoadedModel, shown: list[Image.Image], pixels: torch.Tensor, text: str, share: float, seed: int,
-    dev: torch.device,
-) -> list[list[Panel]]:  # fmt: skip
+    scl: SCL, shown: list[Image.Image], pixels: torch.Tensor, text: str, share: float, seed: int
+) -> list[list[Panel]]:
     """Per frame: the mask (replaced patches dark), and the cosine similarity of the fusion image
     outputs at the replaced patches to the unmasked image's outputs at the same places."""
-    model = loaded.model
+    model, dev = scl.module, scl.device
     vision = model.config.vision
     grid = vision.image_size // vision.patch_size
-    ids, text_mask = loaded.tokenizer.encode([text], model.config.text.max_len)
+    ids, text_mask = scl.tokenize([text])
     ids, text_mask = ids.to(dev), text_mask.to(dev)
     text_emb = model.embed_text(model.encode_text(ids, text_mask))
-    clip = to_model_input(pixels[None].to(dev))
+    clip = to_model_input(pixels[None].to(dev)).to(scl.dtype)
     generator = torch.Generator().manual_seed(seed)
     mask = mask_patches(1, grid * grid, share, dev, noise=torch.rand(1, grid * grid, generator=generator).to(dev)).mask
     outputs = []

@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 from scl_cli.data.align_bench import Region
 from scl_cli.errors import DataError
+from scl_cli.inference import SCL
+from scl_cli.model.attention_maps import patch_maps, text_to_image_attention
+from scl_cli.model.preprocess import to_model_input
 
 WORD_START = "Ġ"  # byte-level BPE's space marker (RoBERTa, GPT-2, the shapes tokenizer)
 SKIPPED_PIECES = (".", ",")
@@ -145,18 +148,15 @@ def score_image(
         scores.baseline_local_pixel.append(float(np.mean(local["base_pixel"])))
 
 
-@torch.no_grad()
-def caption_attention(loaded, pixels: torch.Tensor, caption: str, device: torch.device) -> tuple[np.ndarray, list[str], np.ndarray]:
+@torch.inference_mode()
+def caption_attention(scl: SCL, pixels: torch.Tensor, caption: str) -> tuple[np.ndarray, list[str], np.ndarray]:
     """The maps of one image (uint8 [3, S, S], squashed to the model's size) and its caption:
     (global map [g, g], the caption's pieces [n], their maps [n, g, g]), heads maxed out."""
-    from scl_cli.model.attention_maps import patch_maps, text_to_image_attention
-    from scl_cli.model.preprocess import to_model_input
-
-    model, tok = loaded.model, loaded.tokenizer
-    ids, mask = tok.encode([caption], model.config.text.max_len)
+    model, tok, device = scl.module, scl.tokenizer, scl.device
+    ids, mask = scl.tokenize([caption])
     length = int(mask.sum())
     ids, mask = ids[:, :length].to(device), mask[:, :length].to(device)
-    image = model.encode_image(to_model_input(pixels[None, None].to(device)))
+    image = model.encode_image(to_model_input(pixels[None, None].to(device)).to(scl.dtype))
     probs = text_to_image_attention(model, model.embed_text(model.encode_text(ids, mask)), mask, model.embed_image(image))
     vision = model.config.vision
     maps = patch_maps(probs, 1, vision.image_size // vision.patch_size)[0, :, :, 0]  # [H, L, g, g]

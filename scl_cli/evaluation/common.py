@@ -9,13 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from scl_cli.config.recipe import MaskingConfig
-from scl_cli.inference.loading import LoadedModel
 from scl_cli.io.atomic import atomic_write_json
-from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.masking import TextSpec
 
 
 @dataclass
@@ -83,13 +77,3 @@ def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def inference_context(loaded: LoadedModel, batch: dict[str, torch.Tensor]) -> StepContext:
-    tok = loaded.tokenizer
-    spec = TextSpec.from_tokenizer(tok, loaded.model.vocab_size)
-    return StepContext(loaded.model, batch, MaskingConfig(), spec.to(batch["text_ids"].device))

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import torch
-
 from scl_cli.data.task_batches import (
     NLVR2Batcher,
     iter_split,
 )
-from scl_cli.data.transforms import ImageTransform
 from scl_cli.errors import UsageError
-from scl_cli.evaluation.common import EvalData, EvalReport, chunks, inference_context, to_device
-from scl_cli.inference.loading import LoadedModel
-from scl_cli.objectives.nlvr2 import nlvr2_logits
+from scl_cli.evaluation.common import EvalData, EvalReport, chunks
+from scl_cli.inference import SCL
 
 
 # ----------------------------------------------------------------------------- NLVR2
-def eval_nlvr2(loaded: LoadedModel, data: EvalData, batch_size: int, device: torch.device, progress) -> EvalReport:
-    model = loaded.model
-    if not hasattr(model, "nlvr2_head"):
-        raise UsageError(f"{loaded.config.get('checkpoint')}: has no NLVR2 head — fine-tune it first (scl finetune)")
-    batcher = NLVR2Batcher(loaded.tokenizer, ImageTransform(model.config.vision.image_size), model.config.text.max_len)
+def eval_nlvr2(model: SCL, data: EvalData, batch_size: int, progress) -> EvalReport:
+    model.require_head("nlvr2")
+    batcher = NLVR2Batcher(model.tokenizer, model.transform, model.max_len)
     correct = total = positives = 0
     for chunk in chunks(iter_split(data.root, data.dataset, data.split, data.group), batch_size):
-        batch = to_device(batcher([(s, 0, None) for s in chunk]), device)
-        pred = nlvr2_logits(inference_context(loaded, batch)).argmax(dim=1)
+        batch = batcher([(s, 0, None) for s in chunk])
+        logits = model.nlvr2_logits(batch["images"], batch["images2"], batch["text_ids"], batch["text_mask"])
+        pred = logits.argmax(dim=1).cpu()
         correct += int((pred == batch["labels"]).sum())
         positives += int(batch["labels"].sum())
         total += len(chunk)

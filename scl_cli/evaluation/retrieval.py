@@ -13,10 +13,8 @@ from scl_cli.data.task_batches import (
     iter_split,
     sample_json,
 )
-from scl_cli.data.transforms import ImageTransform
 from scl_cli.evaluation.common import EvalData, EvalReport, chunks
-from scl_cli.inference.loading import LoadedModel
-from scl_cli.model.scoring import fusion_scores, image_features, text_features
+from scl_cli.inference import SCL
 from scl_cli.search.ranking import recall_at_k_two_stage, two_stage_scores
 
 
@@ -36,20 +34,17 @@ class EncodedSplit:
     first_caption: torch.Tensor | None = None  # [N_i] index of each clip's first caption
 
 
-@torch.no_grad()
-def encode_split(loaded: LoadedModel, data: EvalData, batch_size: int, device: torch.device, progress) -> EncodedSplit:
+def encode_split(model: SCL, data: EvalData, batch_size: int, progress) -> EncodedSplit:
     """Every image and every caption through its unimodal encoder exactly once."""
-    model = loaded.model
-    size, max_len = model.config.vision.image_size, model.config.text.max_len
-    num_frames = int(((loaded.config.get("recipe") or {}).get("data") or {}).get("num_frames", 4))
-    batcher = CaptionBatcher(loaded.tokenizer, ImageTransform(size), max_len, num_frames)
-    store = torch.float16 if device.type == "cuda" else torch.float32
+    num_frames = int(((model.config.get("recipe") or {}).get("data") or {}).get("num_frames", 4))
+    batcher = CaptionBatcher(model.tokenizer, model.transform, model.max_len, num_frames)
+    store = torch.float16 if model.device.type == "cuda" else torch.float32
     image_itc, image_tokens, captions, owner, foils, first = [], [], [], [], [], []
     images, frames = 0, 1
     for chunk in chunks(iter_split(data.root, data.dataset, data.split, data.group), batch_size):
         pixels = batcher.images_only(chunk)
         frames = pixels.shape[1]
-        itc, tokens = image_features(model, pixels.to(device))
+        itc, tokens = model.image_features(pixels)
         image_tokens.append(tokens.to("cpu", store))
         image_itc.append(itc.cpu())
         for s in chunk:
@@ -65,12 +60,10 @@ def encode_split(loaded: LoadedModel, data: EvalData, batch_size: int, device: t
     def encode_texts(texts: list[str], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         text_itc, text_tokens, masks = [], [], []
         for chunk in chunks(texts, max(batch_size, 64)):
-            ids, mask = loaded.tokenizer.encode(chunk, max_len)
-            ids, mask = ids.to(device), mask.to(device)
-            itc, tokens = text_features(model, ids, mask)
-            text_tokens.append(tokens.to("cpu", store))
-            text_itc.append(itc.cpu())
-            masks.append(mask.cpu())
+            feats = model.text_features(chunk)
+            text_tokens.append(feats.tokens.to("cpu", store))
+            text_itc.append(feats.itc.cpu())
+            masks.append(feats.mask.cpu())
             progress(stage, sum(len(t) for t in text_tokens))
         return torch.cat(text_itc), torch.cat(text_tokens), torch.cat(masks)
 
@@ -83,8 +76,7 @@ def encode_split(loaded: LoadedModel, data: EvalData, batch_size: int, device: t
     return enc
 
 
-@torch.no_grad()
-def motion_foil_rates(loaded: LoadedModel, enc: EncodedSplit, device: torch.device, fusion: bool) -> dict[str, float]:
+def motion_foil_rates(model: SCL, enc: EncodedSplit, fusion: bool) -> dict[str, float]:
     """Share of clips whose caption scores above its opposite-direction foil (%): by ITC
     similarity, and by the fusion score when `fusion`. 50 is chance."""
     caption = enc.first_caption
@@ -92,39 +84,34 @@ def motion_foil_rates(loaded: LoadedModel, enc: EncodedSplit, device: torch.devi
     itc_foil = (enc.image_itc * enc.foil_itc).sum(-1)
     out = {"motion_itc": 100 * (itc_true > itc_foil).float().mean().item()}
     if fusion:
-        model, images = loaded.model, torch.arange(len(enc.image_itc))
+        images = torch.arange(len(enc.image_itc))
         true_scores, foil_scores = [], []
         for chunk in images.split(64):
-            image = enc.image_tokens[chunk].to(device, torch.float32)
-            true_scores.append(fusion_scores(model, enc.text_tokens[caption[chunk]].to(device, torch.float32),
-                                             enc.text_mask[caption[chunk]].to(device), image, enc.frames).cpu())  # fmt: skip
-            foil_scores.append(fusion_scores(model, enc.foil_tokens[chunk].to(device, torch.float32),
-                                             enc.foil_mask[chunk].to(device), image, enc.frames).cpu())  # fmt: skip
+            image = enc.image_tokens[chunk]
+            true_scores.append(model.fusion_scores(enc.text_tokens[caption[chunk]], enc.text_mask[caption[chunk]],
+                                                   image, enc.frames).cpu())  # fmt: skip
+            foil_scores.append(model.fusion_scores(enc.foil_tokens[chunk], enc.foil_mask[chunk], image, enc.frames).cpu())
         out["motion_fusion"] = 100 * (torch.cat(true_scores) > torch.cat(foil_scores)).float().mean().item()
     return out
 
 
-def pair_scorer(loaded: LoadedModel, enc: EncodedSplit, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def pair_scorer(model: SCL, enc: EncodedSplit) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Fusion score of (image, caption) index pairs: the rank head after retrieval fine-tuning, the
     ITM match logit otherwise (zero-shot from a pre-training checkpoint)."""
-    model = loaded.model
 
-    @torch.no_grad()
     def score(image_idx: torch.Tensor, text_idx: torch.Tensor) -> torch.Tensor:
-        images = enc.image_tokens.index_select(0, image_idx.cpu()).to(device, torch.float32)
-        texts = enc.text_tokens.index_select(0, text_idx.cpu()).to(device, torch.float32)
-        mask = enc.text_mask.index_select(0, text_idx.cpu()).to(device)
-        return fusion_scores(model, texts, mask, images, enc.frames).cpu()
+        images = enc.image_tokens.index_select(0, image_idx.cpu())
+        texts = enc.text_tokens.index_select(0, text_idx.cpu())
+        mask = enc.text_mask.index_select(0, text_idx.cpu())
+        return model.fusion_scores(texts, mask, images, enc.frames).cpu()
 
     return score
 
 
-def eval_retrieval(
-    loaded: LoadedModel, data: EvalData, batch_size: int, device: torch.device, progress, rerank: int | str
-) -> EvalReport:
-    enc = encode_split(loaded, data, batch_size, device, progress)
+def eval_retrieval(model: SCL, data: EvalData, batch_size: int, progress, rerank: int | str) -> EvalReport:
+    enc = encode_split(model, data, batch_size, progress)
     k: int | str | None = rerank
-    scorer = pair_scorer(loaded, enc, device)
+    scorer = pair_scorer(model, enc)
     scores = two_stage_scores(enc.image_itc, enc.text_itc, scorer if rerank != 0 else None, k,
                               progress=lambda stage, done, total: progress(stage, done))  # fmt: skip
     metrics = recall_at_k_two_stage(scores, enc.text_to_image)
@@ -134,10 +121,10 @@ def eval_retrieval(
         metrics = {_VIDEO_NAMES.get(k, k): v for k, v in metrics.items()}
         baseline = {_VIDEO_NAMES.get(k, k): v for k, v in baseline.items()}
     if enc.foil_itc is not None:
-        metrics |= motion_foil_rates(loaded, enc, device, fusion=rerank != 0)
+        metrics |= motion_foil_rates(model, enc, fusion=rerank != 0)
         baseline |= {"motion_itc": 50.0, **({"motion_fusion": 50.0} if rerank != 0 else {})}
     details = {"images": n_images, "captions": len(enc.text_itc), "rerank": rerank, "frames": enc.frames,
-               "scorer": "rank head" if hasattr(loaded.model, "rank_head") else "ITM match logit"}  # fmt: skip
+               "scorer": model.scorer}  # fmt: skip
     return EvalReport("retrieval", "", data.dataset, data.split, n_images, 0.0, metrics, baseline, details)
 
 

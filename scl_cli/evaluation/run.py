@@ -10,15 +10,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from scl_cli.devices import pick_device
 from scl_cli.errors import UsageError
 from scl_cli.evaluation.common import EvalReport, resolve_data
 from scl_cli.evaluation.nlvr2 import eval_nlvr2
 from scl_cli.evaluation.retrieval import eval_retrieval
 from scl_cli.evaluation.vqa import eval_vqa
-from scl_cli.inference.loading import load_model
+from scl_cli.inference import SCL
 
 TASKS = ("vqa", "nlvr2", "retrieval")
 
@@ -37,20 +34,17 @@ def evaluate(
     if task not in TASKS:
         raise UsageError(f"unknown task '{task}' (known: {', '.join(TASKS)})")
     started = time.perf_counter()
-    dev = pick_device(device)
-    loaded = load_model(ckpt)
-    loaded.model.to(dev).eval()
-    where = resolve_data(loaded.config, data, split, task)
+    model = SCL.from_pretrained(ckpt, device=device)
+    where = resolve_data(model.config, data, split, task)
     report_progress = (lambda stage, done: progress(stage, done, None)) if progress else (lambda stage, done: None)
-    with torch.no_grad():
-        if task == "vqa":
-            report = eval_vqa(loaded, where, batch_size, dev, report_progress)
-        elif task == "nlvr2":
-            report = eval_nlvr2(loaded, where, batch_size, dev, report_progress)
-        else:
-            saved_task = (loaded.config.get("recipe") or {}).get("task") or {}
-            k = rerank if rerank is not None else saved_task.get("rerank", 128)
-            report = eval_retrieval(loaded, where, batch_size, dev, report_progress, k)
-    report.checkpoint = str(loaded.config.get("checkpoint", ckpt))
+    if task == "vqa":
+        report = eval_vqa(model, where, batch_size, report_progress)
+    elif task == "nlvr2":
+        report = eval_nlvr2(model, where, batch_size, report_progress)
+    else:
+        saved_task = (model.config.get("recipe") or {}).get("task") or {}
+        k = rerank if rerank is not None else saved_task.get("rerank", 128)
+        report = eval_retrieval(model, where, batch_size, report_progress, k)
+    report.checkpoint = str(model.config.get("checkpoint", ckpt))
     report.seconds = time.perf_counter() - started
     return report

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from scl_cli.data.task_batches import (
     VQABatcher,
@@ -17,27 +13,21 @@ from scl_cli.data.task_batches import (
     sample_json,
     vqa_answer_vocabulary,
 )
-from scl_cli.data.transforms import ImageTransform
 from scl_cli.errors import UsageError
-from scl_cli.evaluation.common import EvalData, EvalReport, chunks, inference_context, to_device
-from scl_cli.inference.loading import LoadedModel
+from scl_cli.evaluation.common import EvalData, EvalReport, chunks
+from scl_cli.inference import SCL
 from scl_cli.metrics import normalize_vqa_answer, vqa_accuracy
-from scl_cli.objectives.vqa import vqa_logits
 
 
 # ----------------------------------------------------------------------------- VQA
-def eval_vqa(loaded: LoadedModel, data: EvalData, batch_size: int, device: torch.device, progress) -> EvalReport:
-    model = loaded.model
-    if not hasattr(model, "vqa_head"):
-        raise UsageError(f"{loaded.config.get('checkpoint')}: has no VQA head — fine-tune it first (scl finetune)")
-    ckpt_answers = Path(str(loaded.config.get("checkpoint", ""))) / "answers.json"
-    vocab = (
-        json.loads(ckpt_answers.read_text()) if ckpt_answers.is_file() else vqa_answer_vocabulary(data.root, data.dataset)
-    )
-    if len(vocab) != model.vqa_head[3].out_features:
-        raise UsageError(f"answer vocabulary has {len(vocab)} answers, the VQA head {model.vqa_head[3].out_features}")
-    size = model.config.vision.image_size
-    batcher = VQABatcher(loaded.tokenizer, ImageTransform(size), model.config.text.max_len, vocab, max_questions=10**6)
+def eval_vqa(model: SCL, data: EvalData, batch_size: int, progress) -> EvalReport:
+    model.require_head("vqa")
+    # The checkpoint's answer list; a published checkpoint has none: the data set's (VQAv2's answers.json)
+    vocab = model.answers if model.answers is not None else vqa_answer_vocabulary(data.root, data.dataset)
+    heads = model.module.vqa_head[3].out_features
+    if len(vocab) != heads:
+        raise UsageError(f"answer vocabulary has {len(vocab)} answers, the VQA head {heads}")
+    batcher = VQABatcher(model.tokenizer, model.transform, model.max_len, vocab, max_questions=10**6)
     predictions: dict[int, str] = {}
     scores: list[float] = []
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -49,8 +39,8 @@ def eval_vqa(loaded: LoadedModel, data: EvalData, batch_size: int, device: torch
         questions = [q for s in chunk for q in sample_json(s).get("vqa", [])]
         if not questions:
             continue
-        batch = to_device(batcher(items), device)
-        logits = vqa_logits(inference_context(loaded, batch))
+        batch = batcher(items)
+        logits = model.vqa_logits(batch["images"], batch["text_ids"], batch["text_mask"], batch["question_image"])
         answers = [vocab[i] for i in logits.argmax(dim=1).tolist()]
         for q, answer, qid in zip(questions, answers, batch["question_id"].tolist(), strict=True):
             if qid < 0:  # generated questions have no id of their own: number them in split order

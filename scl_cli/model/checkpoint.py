@@ -15,6 +15,7 @@ from scl_cli.errors import CheckpointError
 from scl_cli.io.checkpoints import CONFIG_FILE, FORMAT, MODEL_FILE, VERSION, load_checkpoint
 from scl_cli.io.tensors import is_safetensors, load_tensor_file, load_torch_file
 from scl_cli.model.official import OFFICIAL_TOKENIZER, ConvertReport, convert_official_state_dict
+from scl_cli.model.task_heads import heads_from_keys
 
 # Plain dict subclasses that PyTorch Lightning stores its hyper-parameters in. Read back as plain
 # dicts: nothing of Lightning's code runs, and everything else still needs weights_only=True.
@@ -53,9 +54,11 @@ def read_official_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, A
     return state, meta
 
 
-def converted_config(report: ConvertReport, meta: dict[str, Any]) -> dict[str, Any]:
-    """config.json of a converted checkpoint: the fields `scl_cli.engines.pretrain.checkpoint_config` writes
-    (no recipe, which the official run did not have), and where the weights came from."""
+def converted_config(report: ConvertReport, meta: dict[str, Any], state: dict[str, Tensor]) -> dict[str, Any]:
+    """config.json of a converted checkpoint (`state`: the converted weights): the fields
+    `training.checkpointing.checkpoint_config` writes (no recipe, which the official run did not
+    have), its fine-tuned heads (`model.task_heads`; a published VQA head comes without its answer
+    list), and where the weights came from."""
     assert report.config is not None
     return {
         "format": FORMAT,
@@ -68,7 +71,7 @@ def converted_config(report: ConvertReport, meta: dict[str, Any]) -> dict[str, A
         # A converted checkpoint has no tokenizer file: loaders resolve this name with `load_tokenizer`.
         "tokenizer": OFFICIAL_TOKENIZER,
         "converted_from": {"path": str(report.source), "layout": report.layout, **meta},
-        "extra_heads": sorted({k.split(".", 1)[0] for k in report.heads.values()}),
+        "heads": heads_from_keys({k: v for k, v in state.items() if k in set(report.heads.values())}),
     }
 
 
@@ -100,6 +103,6 @@ def read_checkpoint(path: Path, max_len: int = 50) -> tuple[dict[str, Tensor], d
         return ckpt.state_dict, config
     state, meta = read_official_checkpoint(path)
     converted, report = convert_official_state_dict(state, str(path), max_len)
-    config = converted_config(report, meta)
+    config = converted_config(report, meta, converted)
     config["checkpoint"] = str(path)
     return converted, config

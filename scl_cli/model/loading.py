@@ -3,8 +3,9 @@ for fine-tuning or evaluation.
 
 The architecture comes from the checkpoint; a fine-tuning recipe may change only what does not
 change the weights' shapes (image size, by interpolating the position grid; dropout; attention
-across frames, which has no weights of its own). Heads that
-the checkpoint holds (VQA, NLVR2, rank) are rebuilt; heads a fine-tuning objective adds and the
+across frames, which has no weights of its own). The heads
+the checkpoint's config.json describes (`"heads"`, see `model.task_heads`) are rebuilt — from the key
+names for checkpoints written before that field; heads a fine-tuning objective adds and the
 checkpoint lacks are reported as new. Any other missing or unexpected key is an error naming it.
 """
 
@@ -18,7 +19,7 @@ import torch
 from scl_cli.config.recipe import ModelConfig
 from scl_cli.errors import CheckpointError
 from scl_cli.model.scl_model import SCLModel
-from scl_cli.model.task_heads import add_nlvr2_head, add_rank_head, add_vqa_head
+from scl_cli.model.task_heads import add_heads, heads_from_keys
 from scl_cli.model.vision import interpolate_positional_embedding
 
 # Recipe fields a fine-tuning run may set differently from the checkpoint (the init fields only say
@@ -71,13 +72,10 @@ def merge_model_config(saved: ModelConfig, recipe: ModelConfig | None, source: s
     return ModelConfig.model_validate(data)
 
 
-def _add_saved_heads(model: SCLModel, state: dict[str, torch.Tensor]) -> None:
-    if "vqa_head.3.weight" in state:
-        add_vqa_head(model, state["vqa_head.3.weight"].shape[0])
-    if any(k.startswith("nlvr2_head.") for k in state):
-        add_nlvr2_head(model)
-    if "rank_head.weight" in state:
-        add_rank_head(model)
+def saved_heads(config: dict[str, Any], state: dict[str, torch.Tensor]) -> Any:
+    """The heads a checkpoint holds: its config.json's `"heads"`, or for a checkpoint written before
+    that field, what its key names show."""
+    return config["heads"] if "heads" in config else heads_from_keys(state)
 
 
 def _resize_position_grid(model: SCLModel, state: dict[str, torch.Tensor], notes: list[str]) -> None:
@@ -103,7 +101,7 @@ def build_model(
     source = str(config.get("checkpoint", "checkpoint"))
     cfg = merge_model_config(ModelConfig.model_validate(config["model"]), recipe_model, source)
     model = SCLModel(cfg, int(config["vocab_size"]), int(config["pad_token_id"]))
-    _add_saved_heads(model, state)
+    add_heads(model, saved_heads(config, state), source)
     allowed_missing: list[str] = []
     for objective in (objectives or {}).values():
         allowed_missing += objective.setup_model(model)

@@ -23,7 +23,13 @@ from scl_cli.model.vision import ImageEncoding, VisionEncoder
 
 ParamGroup = Literal["encoder", "fusion", "head"]
 
-TEXT_TYPE, IMAGE_TYPE = 0, 1
+TEXT_TYPE, IMAGE_TYPE, SECOND_IMAGE_TYPE = 0, 1, 2  # token types; the third: NLVR2's second image
+# Fine-tuning heads (`model.task_heads` adds them): attribute, what it does, the recipe that trains it.
+TASK_HEADS = {
+    "vqa": ("vqa_head", "VQA", "recipes/finetune/vqa.toml"),
+    "nlvr2": ("nlvr2_head", "NLVR2", "recipes/finetune/nlvr2.toml"),
+    "rank": ("rank_head", "retrieval rank", "recipes/finetune/f30k.toml"),
+}
 _ENCODER_PREFIXES = ("vision.", "text.")
 _FUSION_PREFIXES = (
     "fusion.",
@@ -172,6 +178,57 @@ class SCLModel(nn.Module):
     def mlm_logits(self, text_stream: Tensor) -> Tensor:
         """Fused text stream [B, L, D] -> [B, L, V]."""
         return self.mlm_head(text_stream)
+
+    # ------------------------------------------------------------------ task heads
+    # The forward passes of the fine-tuning heads, shared by their training objectives and by
+    # inference (`scl_cli.inference`). Inputs are fusion-space embeddings (`embed_text`,
+    # `embed_image`) or image encodings; the heads themselves are added by `model.task_heads`.
+    def has_head(self, name: str) -> bool:
+        """Whether the fine-tuning head `name` ("vqa", "nlvr2", "rank") is present."""
+        return getattr(self, TASK_HEADS[name][0], None) is not None
+
+    def require_head(self, name: str) -> nn.Module:
+        """The head `name`, or a `UsageError` saying how to get one."""
+        attribute, label, recipe = TASK_HEADS[name]
+        head = getattr(self, attribute, None)
+        if head is None:
+            raise UsageError(f"has no {label} head — fine-tune it first (scl finetune {recipe} --ckpt ...)")
+        return head
+
+    def match_scores(self, text_emb: Tensor, text_mask: Tensor, image_emb: Tensor, frames: int = 1) -> Tensor:
+        """Fusion score of B (text, image) pairs, higher = better match: the rank head after
+        retrieval fine-tuning, the ITM match logit otherwise (zero-shot). text_emb [B, L, D],
+        text_mask [B, L], image_emb [B, S, D] (clips of `frames` frames) -> [B]."""
+        pooled = self.pooled(self.fuse(text_emb, text_mask, image_emb), frames)
+        head = getattr(self, "rank_head", None)
+        return head(pooled).squeeze(-1) if head is not None else self.itm_logits(pooled)[:, 1]
+
+    @property
+    def match_scorer(self) -> str:
+        """What `match_scores` uses: "rank head" or "ITM match logit"."""
+        return "rank head" if getattr(self, "rank_head", None) is not None else "ITM match logit"
+
+    def vqa_logits(
+        self, text_emb: Tensor, text_mask: Tensor, image_emb: Tensor, question_image: Tensor | None = None,
+        frames: int = 1,
+    ) -> Tensor:  # fmt: skip
+        """Answer logits [Q, A] of Q questions (text_emb [Q, L, D], text_mask [Q, L]) about B images
+        (image_emb [B, S, D]); question q is about image question_image[q] (None: Q = B, in order)."""
+        head = self.require_head("vqa")
+        if question_image is not None:
+            image_emb = image_emb.index_select(0, question_image)
+        return head(self.pooled(self.fuse(text_emb, text_mask, image_emb), frames))
+
+    def nlvr2_logits(
+        self, text_emb: Tensor, text_mask: Tensor, first: ImageEncoding, second: ImageEncoding, frames: int = 1
+    ) -> Tensor:
+        """[B, 2] logits (index 1 = true) of B statements (text_emb [B, L, D]) about image pairs; both
+        pairs go through the fusion encoder in one call, the second image with token type 2."""
+        head = self.require_head("nlvr2")
+        images = torch.cat([self.embed_image(first), self.embed_image(second, SECOND_IMAGE_TYPE)])
+        out = self.fuse(torch.cat([text_emb, text_emb]), text_mask.repeat(2, 1), images)
+        left, right = self.pooled(out, frames).split(text_emb.shape[0])
+        return head(torch.cat([left, right], dim=1))
 
     # ------------------------------------------------------------------ training utilities
     def param_group(self, name: str) -> ParamGroup:

@@ -11,22 +11,17 @@ import torch.nn.functional as F
 
 from scl_cli.config.objectives import NLVR2Settings
 from scl_cli.model.preprocess import to_model_input
-from scl_cli.model.task_heads import NLVR2_SECOND_IMAGE_TYPE, add_nlvr2_head
+from scl_cli.model.task_heads import add_nlvr2_head
 from scl_cli.objectives.context import StepContext
 from scl_cli.objectives.contrastive import at_least_fp32
 from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def nlvr2_logits(ctx: StepContext) -> torch.Tensor:
-    """[B, 2] logits; both image passes go through the fusion encoder in one batched call."""
+    """[B, 2] logits (the head's forward: `SCLModel.nlvr2_logits`, both image passes in one fusion call)."""
     model = ctx.model
     second = model.encode_image(to_model_input(ctx.batch["images2"]))
-    images = torch.cat([model.embed_image(ctx.image("full")), model.embed_image(second, NLVR2_SECOND_IMAGE_TYPE)])
-    text = model.embed_text(ctx.text("full"))
-    out = model.fuse(torch.cat([text, text]), ctx.text_mask.repeat(2, 1), images)
-    pooled = model.pooled(out, ctx.frames)
-    first, other = pooled.split(ctx.batch_size)
-    return model.nlvr2_head(torch.cat([first, other], dim=1))
+    return model.nlvr2_logits(model.embed_text(ctx.text("full")), ctx.text_mask, ctx.image("full"), second, ctx.frames)
 
 
 class NLVR2(Objective):

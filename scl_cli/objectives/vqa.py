@@ -18,11 +18,10 @@ from scl_cli.objectives.registry import LossOutput, Objective
 
 
 def vqa_logits(ctx: StepContext) -> torch.Tensor:
-    """[Q, A] answer logits for the questions of the batch."""
+    """[Q, A] answer logits for the questions of the batch (the head's forward: `SCLModel.vqa_logits`)."""
     model = ctx.model
-    image = model.embed_image(ctx.image("full")).index_select(0, ctx.batch["question_image"])
-    out = model.fuse(model.embed_text(ctx.text("full")), ctx.text_mask, image)
-    return model.vqa_head(model.pooled(out, ctx.frames))
+    return model.vqa_logits(model.embed_text(ctx.text("full")), ctx.text_mask, model.embed_image(ctx.image("full")),
+                            ctx.batch["question_image"], ctx.frames)  # fmt: skip
 
 
 class VQA(Objective):

@@ -23,14 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from scl_cli.data.transforms import ImageTransform
-from scl_cli.devices import pick_device
+from scl_cli.data.media import MediaError
 from scl_cli.errors import UsageError
-from scl_cli.inference.loading import LoadedModel, load_model
+from scl_cli.inference import SCL
 from scl_cli.io.atomic import atomic_file, atomic_write_json
-from scl_cli.model.scoring import image_features
 from scl_cli.search.faiss_index import AUTO_FLAT_MAX, VectorIndex, choose_kind
-from scl_cli.search.media import MediaError
 from scl_cli.search.parts import (
     Part,
     bounded_map,
@@ -82,18 +79,16 @@ class IndexSummary:
 
 # ----------------------------------------------------------------------------- embedding
 def embed_part(
-    loaded: LoadedModel,
+    model: SCL,
     part: Part,
     batch_size: int,
     frames: int,
-    device: torch.device,
     pool: ThreadPoolExecutor,
     advance: Callable[[int], None],
 ) -> tuple[np.ndarray, list[dict[str, Any]], Counter]:
     """ITC features [n, E] float32 of a part's readable inputs, their metadata, skip counts by reason."""
-    model = loaded.model
-    transform = ImageTransform(model.config.vision.image_size)
-    frames = max(1, min(frames, model.config.vision.max_frames))
+    transform = model.transform
+    frames = max(1, min(frames, model.model_config.vision.max_frames))
     skipped: Counter = Counter()
     vectors: list[np.ndarray] = []
     metas: list[dict[str, Any]] = []
@@ -110,11 +105,11 @@ def embed_part(
         stills = [(m, p) for m, p in batch if p.shape[0] == 1]
         clips = [(m, p) for m, p in batch if p.shape[0] > 1]
         if stills:
-            itc, _ = image_features(model, torch.stack([p for _, p in stills]).to(device), with_tokens=False)
+            itc, _ = model.image_features(torch.stack([p for _, p in stills]), with_tokens=False)
             vectors.append(itc.float().cpu().numpy())
             metas.extend(m for m, _ in stills)
         for meta, pixels in clips:
-            itc, _ = image_features(model, pixels.unsqueeze(0).to(device), with_tokens=False)
+            itc, _ = model.image_features(pixels.unsqueeze(0), with_tokens=False)
             vectors.append(itc.float().cpu().numpy())
             metas.append({**meta, "frames": int(pixels.shape[0])})
         advance(len(batch))
@@ -131,7 +126,7 @@ def embed_part(
             batch = []
     if batch:
         flush(batch)
-    dim = model.config.itc_dim
+    dim = model.model_config.itc_dim
     return (np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)), metas, skipped
 
 
@@ -196,11 +191,9 @@ def build_index(
     if done:
         say(f"resuming: {len(done)} of {len(parts)} parts already embedded in {parts_dir}")
 
-    loaded: LoadedModel | None = None
+    loaded: SCL | None = None
     if todo or existing is None:
-        dev = pick_device(device)
-        loaded = load_model(ckpt)
-        loaded.model.to(dev).eval()
+        loaded = SCL.from_pretrained(ckpt, device=device)
         count = sum(parts[i].size for i in done)
         report = progress or (lambda stage, n, total: None)
         report("embed", count, total_inputs)
@@ -212,13 +205,13 @@ def build_index(
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             for i in todo:
-                vectors, metas, skipped = embed_part(loaded, parts[i], batch_size, frames, dev, pool, advance)
+                vectors, metas, skipped = embed_part(loaded, parts[i], batch_size, frames, pool, advance)
                 write_part(parts_dir, i, vectors, metas, skipped)
 
     skipped: Counter = Counter()
     for i in range(len(parts)):
         skipped += Counter(json.loads(part_files(parts_dir, i)[2].read_text()))
-    dim = existing.dim if existing is not None else loaded.model.config.itc_dim  # type: ignore[union-attr]
+    dim = existing.dim if existing is not None else loaded.model_config.itc_dim  # type: ignore[union-attr]
     vectors = [np.load(part_files(parts_dir, i)[0]) for i in range(len(parts))]
     added = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
     del vectors
@@ -233,7 +226,7 @@ def build_index(
 def _commit(
     out: Path,
     ident: CheckpointId,
-    loaded: LoadedModel | None,
+    loaded: SCL | None,
     existing: IndexInfo | None,
     added: np.ndarray,
     metas: list[Path],
@@ -275,7 +268,7 @@ def _commit(
 
     now = time.time()
     if existing is None:
-        cfg = loaded.model.config  # type: ignore[union-attr]
+        cfg = loaded.model_config  # type: ignore[union-attr]
         info = IndexInfo(
             checkpoint=str(ident.path), fingerprint=ident.fingerprint, step=ident.step,
             model={"itc_dim": cfg.itc_dim, "image_size": cfg.vision.image_size, "max_len": cfg.text.max_len,

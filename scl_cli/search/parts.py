@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from scl_cli.data.manifests import load_sources
+from scl_cli.data.media import decode_media, list_media_files, load_file, sample_media
 from scl_cli.data.shards import iter_tar_samples
 from scl_cli.data.task_batches import sample_json
 from scl_cli.data.transforms import ImageTransform
 from scl_cli.errors import UsageError
 from scl_cli.io.atomic import atomic_file, atomic_write_bytes
-from scl_cli.search.media import decode_media, list_media_files, load_file, sample_media
 from scl_cli.search.store import CheckpointId, MetaStore, meta_line
 
 

@@ -73,7 +73,8 @@ class RetrievalScores:
 def rerank_order(scores: Tensor) -> Tensor:
     """The order of re-scored candidates: by fusion score, best first; ties keep their ITC order.
     scores [..., k] of candidates given in ITC order -> indices [..., k]. The one ranking rule of
-    `scl eval retrieval --rerank K` and `scl retrieve --rerank K`."""
+    `scl eval retrieval --rerank K`, `scl retrieve --rerank K` and `scl serve`'s /search (all of
+    them score pairs with `score_pairs` and order them with `rerank_rows`)."""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices
 
 
@@ -165,6 +166,36 @@ def _exhaustive_lists(
     return stream.result()
 
 
+def score_pairs(
+    rerank: RerankFn,
+    image_idx: Tensor,
+    text_idx: Tensor,
+    n_texts: int,
+    pair_batch: int = 256,
+    progress: ProgressFn | None = None,
+) -> Tensor:
+    """Scores [P] of the (image_idx[p], text_idx[p]) pairs, each distinct pair sent to `rerank`
+    once, `pair_batch` pairs per call (in pair order: image-major). `n_texts` bounds text_idx."""
+    codes = image_idx.reshape(-1).long() * n_texts + text_idx.reshape(-1).long()  # pair = image * N_t + text
+    unique, inverse = torch.unique(codes, return_inverse=True)  # sorted
+    scores = torch.empty(unique.numel())
+    for a in range(0, unique.numel(), pair_batch):
+        batch = unique[a : a + pair_batch]
+        scores[a : a + batch.numel()] = _rerank_batch(rerank, batch // n_texts, batch % n_texts)
+        if progress:
+            progress("rerank", a + batch.numel(), unique.numel())
+    return scores[inverse]
+
+
+def rerank_rows(scores: Tensor, scored: Tensor | None = None) -> Tensor:
+    """The order of each row's re-ranked candidates [Q, k] (given in ITC order): the scored ones
+    by fusion score, best first (ties keep ITC order), then those that could not be scored (`scored`
+    False, e.g. an image file that is gone) in ITC order. -> indices [Q, k]."""
+    if scored is not None:
+        scores = torch.where(scored, scores, torch.tensor(float("-inf"), dtype=scores.dtype))
+    return rerank_order(scores)
+
+
 def _rerank_candidates(
     rerank: RerankFn,
     i2t_index: Tensor,
@@ -179,25 +210,21 @@ def _rerank_candidates(
     """Re-score the first k_t (k_i) entries of every i2t (t2i) row in place, each unique
     (image, text) pair once; returns the number of pairs scored."""
     n_images, n_texts = i2t_index.shape[0], t2i_index.shape[0]
-    i2t_codes = torch.arange(n_images)[:, None] * n_texts + i2t_index[:, :k_t]  # pair = image * N_t + text
-    t2i_codes = t2i_index[:, :k_i] * n_texts + torch.arange(n_texts)[:, None]
-    unique = torch.unique(torch.cat([i2t_codes.reshape(-1), t2i_codes.reshape(-1)]))  # sorted
-    scores = torch.empty(unique.numel())
-    for a in range(0, unique.numel(), pair_batch):
-        codes = unique[a : a + pair_batch]
-        scores[a : a + codes.numel()] = _rerank_batch(rerank, codes // n_texts, codes % n_texts)
-        if progress:
-            progress("rerank", a + codes.numel(), unique.numel())
-
-    for index, value, codes, k in (
-        (i2t_index, i2t_score, i2t_codes, k_t),
-        (t2i_index, t2i_score, t2i_codes, k_i),
+    i2t_images = torch.arange(n_images)[:, None].expand(-1, k_t)
+    t2i_texts = torch.arange(n_texts)[:, None].expand(-1, k_i)
+    images = torch.cat([i2t_images.reshape(-1), t2i_index[:, :k_i].reshape(-1)])
+    texts = torch.cat([i2t_index[:, :k_t].reshape(-1), t2i_texts.reshape(-1)])
+    scores = score_pairs(rerank, images, texts, n_texts, pair_batch, progress)
+    split = n_images * k_t
+    for index, value, rr in (
+        (i2t_index, i2t_score, scores[:split].view(n_images, k_t)),
+        (t2i_index, t2i_score, scores[split:].view(n_texts, k_i)),
     ):
-        rr = scores[torch.searchsorted(unique, codes)]
-        order = rerank_order(rr)
+        k = rr.shape[1]
+        order = rerank_rows(rr)
         index[:, :k] = index[:, :k].gather(1, order)
         value[:, :k] = rr.gather(1, order)
-    return unique.numel()
+    return int(torch.unique(images * n_texts + texts).numel())
 
 
 @torch.no_grad()

@@ -32,8 +32,12 @@ def existing_checkpoint(run_dir: Path, resume: bool) -> Path | None:
     return found if resume else None
 
 
-def checkpoint_config(recipe: Recipe, model: SCLModel) -> dict:
-    """What config.json records: enough to rebuild the model without the recipe file."""
+def checkpoint_config(recipe: Recipe, model: SCLModel, vqa_vocabulary: str | None = None) -> dict:
+    """What config.json records: enough to rebuild the model without the recipe file — the
+    architecture and the task heads (`model.task_heads.describe_heads`; `vqa_vocabulary`: the VQA
+    answer file written beside the weights)."""
+    from scl_cli.model.task_heads import describe_heads
+
     return {
         "format": "scl-checkpoint",
         "version": 1,
@@ -42,6 +46,7 @@ def checkpoint_config(recipe: Recipe, model: SCLModel) -> dict:
         "vocab_size": model.vocab_size,
         "pad_token_id": model.pad_token_id,
         "tokenizer": "tokenizer.json",
+        "heads": describe_heads(model, vqa_vocabulary),
         "recipe": recipe_to_dict(recipe),
     }
 

@@ -1,10 +1,11 @@
-"""Images and videos to index: files under a folder or samples of prepared shards, turned into the
-uint8 pixels `[T, 3, H, W]` the vision encoder takes (T = 1 for an image).
+"""Images and videos given by file, by encoded bytes (an upload) or as samples of prepared shards,
+turned into the uint8 pixels `[T, 3, H, W]` the vision encoder takes (T = 1 for an image). Used by
+the inference API (`scl_cli.inference`), indexing and search.
 
 A video (an animated GIF/WebP, or an mp4/webm/mov/mkv/avi file when PyAV is installed) becomes
 `frames` frames spread evenly over its length; the model's clip feature is the mean of the frame
 class tokens. Anything that cannot be decoded raises `MediaError` with a short reason, which the
-indexer counts and skips.
+indexer counts and skips and the API and server report.
 """
 
 from __future__ import annotations
@@ -86,11 +87,24 @@ def _video_frames(data: bytes, frames: int) -> list[Image.Image]:
     return [decoded[i] for i in _even(len(decoded), frames)]
 
 
+def sniff_video_ext(data: bytes) -> str | None:
+    """"mp4" / "webm" / "avi" when the bytes start like such a container, else None (for uploads
+    without a usable file name)."""
+    if data[4:8] == b"ftyp":
+        return "mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
 def decode_media(data: bytes, ext: str, transform: ImageTransform, frames: int) -> torch.Tensor:
-    """Encoded bytes of an image or video (`ext` without the dot) -> uint8 [T, 3, H, W], T <= frames."""
+    """Encoded bytes of an image or video (`ext` without the dot; "" = find out from the bytes)
+    -> uint8 [T, 3, H, W], T <= frames."""
     if not data:
         raise MediaError("empty file")
-    ext = ext.lower()
+    ext = ext.lower() or sniff_video_ext(data) or ""
     if ext in VIDEO_EXTENSIONS:
         try:  # decord, the frames and crop training and `scl eval` use (middle frame of each segment)
             return decode_clip(data, frames, transform)
