@@ -15,7 +15,8 @@ candidates. The ranking is defined as:
 - then the non-candidates in ITC order (the stored scores are their ITC similarities).
 
 So recall@k' for k' <= k is exactly the re-ranked ranking, and for k' > k it falls back to ITC
-(the paper's code instead leaves non-candidates at a constant -100). Peak memory is the features
+(ALBEF and BLIP leave non-candidates at a constant -100; the paper's code, like METER's, scores
+every pair with the rank head: `k = "all"` below). Peak memory is the features
 plus O(chunk x N) floats for one block and the O((N_i + N_t) x L) lists.
 
 `k = "all"` (or -1) sends every pair through `rerank` (exhaustive, chunked; the ranking is the
