@@ -40,9 +40,9 @@ def serve(
     """Serve a model over HTTP: /embed/text, /embed/image, /search (text or image over the index,
     optional re-rank), /vqa, /health, and a page at / to try queries. Concurrent requests are
     batched; bad input gets a 4xx JSON error."""
-    from scl_cli.engines.serve import ServeLimits
     from scl_cli.engines.serve import serve as serve_engine
     from scl_cli.reporting import make_reporter
+    from scl_cli.serving.batching import ServeLimits
 
     limits = ServeLimits(max_upload_bytes=int(max_upload_mb * 2**20), max_batch=max_batch)
     serve_engine(ckpt, index, host, port, device, dtype, limits, reporter=make_reporter(force_plain=plain))

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from scl_cli.engines.serve import ServeLimits, load_service, running
+from scl_cli.engines.serve import load_service, running
 from scl_cli.search.indexing import build_index
+from scl_cli.serving.batching import ServeLimits
 
 from ..conftest import ROOT
 from .conftest import ANSWERS
