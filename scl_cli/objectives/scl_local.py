@@ -10,11 +10,10 @@ batch is a candidate. `weight` applies to each modality's term.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from scl_cli.config.objectives import SCLLocalSettings
 from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.contrastive import symmetric_contrastive_loss
+from scl_cli.objectives.contrastive import symmetric_contrastive_loss, unit
 from scl_cli.objectives.registry import LossOutput, Objective
 
 
@@ -42,11 +41,9 @@ class SCLLocal(Objective):
         image_pos = ctx.masked_image_positions()
         pred = tokens_at(ctx.fused("scl_masktok_image").image, image_pos)
         target = tokens_at(ctx.fused("scl_masked_text").image, image_pos).detach()
-        image_term = symmetric_contrastive_loss(F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t)
+        image_term = symmetric_contrastive_loss(unit(pred), unit(target), t)
         words = ctx.scl_text_mask
         pred = tokens_at(ctx.fused("scl_masked_text").text, words.index)
         target = tokens_at(ctx.fused("scl_masked_image").text, words.index).detach()
-        text_term = symmetric_contrastive_loss(
-            F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t, valid=words.valid.flatten()
-        )
+        text_term = symmetric_contrastive_loss(unit(pred), unit(target), t, valid=words.valid.flatten())
         return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}
