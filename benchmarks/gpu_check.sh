@@ -14,12 +14,15 @@
 #   syncs       one step under torch.cuda.set_sync_debug_mode(error)  24 s    [60 s]
 #   ckpt-b64    activation checkpointing at batch 64                  31 s    [80 s]
 #   compiled    torch.compile per transformer layer, batch 32         121 s   [150 s]
-#   reference   the paper's own step (only with SCL_REFERENCE)        -       [100 s]
+#   reference   the paper's own step (only with SCL_REFERENCE; see    -       [100 s]
+#               benchmarks/reference_step.py), batch 32, bf16
 # About 4 minutes in all, 7 at the limits. Results: benchmarks/RESULTS.md.
 # Whatever happens, the last thing printed is one JSON object (also $OUT/summary.json): eager and
 # compiled samples/s, step time, peak memory, GFLOP/sample, MFU (against 790 TFLOP/s, the measured
-# bf16 peak of an H100/H200), host syncs, and the checkpointed variant. Only three files are left in
-# $OUT (summary.json, profile.txt, logs.tar.gz) so that the device tool brings all of them back.
+# bf16 peak of an H100/H200), host syncs, the checkpointed variant and, with SCL_REFERENCE, the
+# paper's step and `vs_reference` (eager samples/s and peak memory over the paper code's). Only
+# three files are left in $OUT (summary.json, profile.txt, logs.tar.gz) so that the device tool
+# brings all of them back.
 # The targets: >= 250 samples/s, <= 25 GB, >= 40% MFU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,12 +41,14 @@ if [ $REHEARSE = 1 ]; then
   B=4; B2=8; STEPS=(--steps 2 --warmup 1); STEPS2=(--steps 1 --warmup 1)
   COMPILE=(--compile --set topology.compile_backend=aot_eager)
   T_EAGER=60; T_SYNC=60; T_CKPT=60; T_COMPILED=120; T_REF=60
+  REF=(--tiny --device cpu --steps 1 --warmup 1)
 else
   RECIPE=(recipes/base.toml --set model.init=random --set topology.devices_per_node=1
           --set topology.device=cuda --set topology.precision=bf16)
   B=32; B2=64; STEPS=(--steps 10 --warmup 3); STEPS2=(--steps 5 --warmup 2)
   COMPILE=(--compile)
   T_EAGER=110; T_SYNC=60; T_CKPT=80; T_COMPILED=150; T_REF=100
+  REF=(--device cuda --precision bf16)
 fi
 
 stage() {  # name, limit, command...: runs it, times it, and leaves $WORK/name.json in any case
@@ -83,6 +88,12 @@ for name in stages:
 eager, compiled = summary.get("eager", {}), summary.get("compiled", {})
 if "samples_per_s" in eager and "samples_per_s" in compiled:
     summary["compiled_speedup"] = round(compiled["samples_per_s"] / eager["samples_per_s"], 3)
+reference = summary.get("reference", {})
+if eager.get("samples_per_s") and reference.get("samples_per_s"):
+    summary["vs_reference"] = {
+        "samples_per_s": round(eager["samples_per_s"] / reference["samples_per_s"], 3),
+        "peak_memory": round(eager["peak_memory_gb"] / reference["peak_memory_gb"], 3),
+    }
 out.mkdir(parents=True, exist_ok=True)
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 profile = work / "profile-eager" / "profile.txt"
@@ -114,7 +125,7 @@ run_stage stage syncs "$T_SYNC" bash -c '"$0" benchmarks/sync_check.py "${@:2}" 
 run_stage bench ckpt-b$B2 "$T_CKPT" --batch $B2 "${STEPS2[@]}" --set topology.activation_checkpointing=true
 run_stage bench compiled "$T_COMPILED" --batch $B "${STEPS[@]}" "${COMPILE[@]}"
 if [ -n "${SCL_REFERENCE:-}" ]; then
-  run_stage stage reference "$T_REF" "$PY" benchmarks/reference_step.py "$SCL_REFERENCE" --batch $B --json "$WORK/reference.json"
+  run_stage stage reference "$T_REF" "$PY" benchmarks/reference_step.py "$SCL_REFERENCE" --batch $B "${REF[@]}" --json "$WORK/reference.json"
 fi
 cat "$WORK/summary.print"
 rm -rf "$WORK"

@@ -236,7 +236,9 @@ class TopologyConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="'auto': bf16 on GPUs that have it, else fp16 on CUDA; fp32 on CPU."
+        "auto",
+        description="'auto': bf16 on GPUs that have it, else fp16 on CUDA; fp32 on CPU (where bf16 and "
+        "fp16 also run, slowly: they rehearse a GPU run's mixed precision).",
     )
     compile: bool = Field(False, description="torch.compile each transformer layer (ViT, RoBERTa, fusion).")
     compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(

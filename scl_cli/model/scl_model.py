@@ -52,6 +52,12 @@ def init_bert_style(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def _unit(x: Tensor) -> Tensor:
+    """Unit-norm rows in at least fp32, also under autocast: ITC compares them at temperature ~0.07
+    (see objectives.contrastive), and CPU autocast would otherwise normalise in bf16."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+
+
 class SCLModel(nn.Module):
     """Vision-language model of SCL (CVPR 2023). Shapes: B batch, T frames, L text tokens,
     S image tokens (T * tokens per frame), Dt text width, D fusion width, V vocabulary."""
@@ -165,11 +171,11 @@ class SCLModel(nn.Module):
             pooled = (text_tokens * weights).sum(1) / weights.sum(1).clamp(min=1)
         else:
             pooled = text_tokens[:, 0]
-        return F.normalize(self.itc_text_proj(self.text_transform(pooled)), dim=-1)
+        return _unit(self.itc_text_proj(self.text_transform(pooled)))
 
     def itc_image(self, image: ImageEncoding) -> Tensor:
         """Image encoding -> unit-norm [B, itc_dim] from the clip's global feature."""
-        return F.normalize(self.itc_image_proj(self.image_transform(image.global_feature)), dim=-1)
+        return _unit(self.itc_image_proj(self.image_transform(image.global_feature)))
 
     def itm_logits(self, pooled: Tensor) -> Tensor:
         """[B, 2D] -> [B, 2]."""

@@ -15,10 +15,17 @@ All three are the same loss in one process.
 
 `extra_b` adds candidates that only `a` scores (hard negatives no row of `a` matches, such as
 time-reversed clips for their captions): L's first term then normalises over [S, a extra^T].
+
+Precision: S and the softmax over it are computed in (at least) fp32 with autocast off, whatever
+the step's autocast. At temperature 0.03 a logit is 33 x a cosine, and a bf16 matmul output keeps
+8 significant bits: logits near 33 would be rounded to steps of 0.25, about the size of the
+differences the loss has to learn from (fp16: steps of 0.03). The products are tiny ([n, n] with
+n the gathered batch or its masked tokens), so fp32 costs nothing measurable.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
@@ -32,6 +39,26 @@ Gather = Literal["global", "paper", "local"]
 def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """Softmax over many candidates loses precision in 16-bit; keep float64 when given it."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows of x [..., d] scaled to unit L2 norm, in at least fp32: the features a contrastive
+    loss compares (CUDA autocast normalises in fp32 anyway; CPU autocast would keep bf16)."""
+    return F.normalize(at_least_fp32(x), dim=-1)
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Turn autocast off for `device_type` (a no-op for devices autocast does not know: meta)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """a [n, d] @ b [m, d]^T / temperature -> [n, m] logits in at least fp32, autocast off (see
+    the module docstring for why)."""
+    with autocast_off(a.device.type):
+        return at_least_fp32(a) @ at_least_fp32(b).t() / temperature
 
 
 def symmetric_contrastive_loss(
@@ -57,12 +84,10 @@ def symmetric_contrastive_loss(
     a_all, b_all = gather_with_grad(a), gather_with_grad(b)
     labels = torch.arange(a.shape[0], device=a.device) + dist_info().rank * a.shape[0]
     candidates = b_all if extra_b is None else torch.cat([b_all, gather_with_grad(extra_b)])
-    logits_ab = a @ candidates.t() / temperature
-    logits_ba = b @ a_all.t() / temperature
+    logits_ab = similarity(a, candidates, temperature)
+    logits_ba = similarity(b, a_all, temperature)
     if valid is None:
-        return F.cross_entropy(at_least_fp32(logits_ab), labels) + F.cross_entropy(
-            at_least_fp32(logits_ba), labels
-        )
+        return F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits_ba, labels)
     valid_all = gather_with_grad(valid.to(a.dtype)).bool()
     per_row = _masked_rows(logits_ab, logits_ba, labels, valid, valid_all, extra_b is not None)
     return global_mean(per_row.sum(), valid.sum())
@@ -78,12 +103,10 @@ def _whole_set_loss(
     """The loss over every (valid) row of a and b as given: no communication, no share-out."""
     labels = torch.arange(a.shape[0], device=a.device)
     candidates = b if extra_b is None else torch.cat([b, extra_b])
-    logits_ab = a @ candidates.t() / temperature
-    logits_ba = b @ a.t() / temperature
+    logits_ab = similarity(a, candidates, temperature)
+    logits_ba = similarity(b, a, temperature)
     if valid is None:
-        return F.cross_entropy(at_least_fp32(logits_ab), labels) + F.cross_entropy(
-            at_least_fp32(logits_ba), labels
-        )
+        return F.cross_entropy(logits_ab, labels) + F.cross_entropy(logits_ba, labels)
     per_row = _masked_rows(logits_ab, logits_ba, labels, valid, valid, extra_b is not None)
     return per_row.sum() / valid.sum().clamp(min=1).to(per_row.dtype)
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from scl_cli.config.objectives import ITMSettings
 from scl_cli.distributed import gather_no_grad
 from scl_cli.objectives.context import StepContext
+from scl_cli.objectives.contrastive import similarity
 from scl_cli.objectives.registry import LossOutput, Objective
 
 
@@ -65,8 +66,8 @@ class ITM(Objective):
         if self.settings.negatives == "hard":
             text, image = ctx.itc()
             with torch.no_grad():
-                similarity = text @ gather_no_grad(image).t() / ctx.model.itc_temperature
-                other = hard_other_index(similarity, rnd.uniform(N, stream="itm"), offset)
+                scores = similarity(text, gather_no_grad(image), ctx.model.itc_temperature)
+                other = hard_other_index(scores, rnd.uniform(N, stream="itm"), offset)
             own = torch.arange(B, device=device) + offset
             index = torch.where(self.is_negative, other, own)
         else:

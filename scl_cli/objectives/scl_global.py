@@ -15,11 +15,10 @@ and is gathered like the image term on clip batches.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from scl_cli.config.objectives import SCLGlobalSettings
 from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.contrastive import symmetric_contrastive_loss
+from scl_cli.objectives.contrastive import symmetric_contrastive_loss, unit
 from scl_cli.objectives.registry import LossOutput, Objective
 
 
@@ -44,15 +43,15 @@ class SCLGlobal(Objective):
         t, gather = self.settings.temperature, self.settings.gather
         text_gather = "global" if gather == "global" else ("paper" if ctx.frames > 1 else "local")
         masked_image, masked_text = ctx.fused("scl_masked_image"), ctx.fused("scl_masked_text")
-        pred_frames = F.normalize(frame_class_tokens(masked_image.image, ctx.frames), dim=-1)
-        target_frames = F.normalize(frame_class_tokens(masked_text.image, ctx.frames).detach(), dim=-1)
+        pred_frames = unit(frame_class_tokens(masked_image.image, ctx.frames))
+        target_frames = unit(frame_class_tokens(masked_text.image, ctx.frames).detach())
         image_term = torch.stack(
             [
                 symmetric_contrastive_loss(pred_frames[:, f], target_frames[:, f], t, gather=gather)
                 for f in range(ctx.frames)
             ]
         ).mean()
-        pred_text = F.normalize(masked_text.text[:, 0], dim=-1)
-        target_text = F.normalize(masked_image.text[:, 0].detach(), dim=-1)
+        pred_text = unit(masked_text.text[:, 0])
+        target_text = unit(masked_image.text[:, 0].detach())
         text_term = symmetric_contrastive_loss(pred_text, target_text, t, gather=text_gather)
         return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}

@@ -14,11 +14,10 @@ patches are contrasted within the local batch only.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from scl_cli.config.objectives import SCLLocalSettings
 from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.contrastive import symmetric_contrastive_loss
+from scl_cli.objectives.contrastive import symmetric_contrastive_loss, unit
 from scl_cli.objectives.registry import LossOutput, Objective
 
 
@@ -46,17 +45,11 @@ class SCLLocal(Objective):
         image_pos = ctx.masked_image_positions()
         pred = tokens_at(ctx.fused("scl_masktok_image").image, image_pos)
         target = tokens_at(ctx.fused("scl_masked_text").image, image_pos).detach()
-        image_term = symmetric_contrastive_loss(
-            F.normalize(pred, dim=-1), F.normalize(target, dim=-1), t, gather="local" if paper else "global"
-        )
+        image_term = symmetric_contrastive_loss(unit(pred), unit(target), t, gather="local" if paper else "global")
         words = ctx.scl_text_mask
         pred = tokens_at(ctx.fused("scl_masked_text").text, words.index)
         target = tokens_at(ctx.fused("scl_masked_image").text, words.index).detach()
         text_term = symmetric_contrastive_loss(
-            F.normalize(pred, dim=-1),
-            F.normalize(target, dim=-1),
-            t,
-            valid=words.valid.flatten(),
-            gather="paper" if paper else "global",
+            unit(pred), unit(target), t, valid=words.valid.flatten(), gather="paper" if paper else "global"
         )
         return {"loss": image_term + text_term, "image": image_term.detach(), "text": text_term.detach()}

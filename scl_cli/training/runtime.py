@@ -49,9 +49,9 @@ class Runtime:
             self.owns_process_group = False
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
-        """fp16 needs loss scaling; bf16 and fp32 do not."""
-        if self.precision == "fp16" and self.device.type == "cuda":
-            return torch.amp.GradScaler("cuda")
+        """fp16 needs loss scaling (on CPU too: torch's GradScaler("cpu")); bf16 and fp32 do not."""
+        if self.precision == "fp16":
+            return torch.amp.GradScaler(self.device.type)
         return None
 
 
@@ -67,9 +67,10 @@ def resolve_device(topology: TopologyConfig, local_rank: int = 0) -> torch.devic
 
 
 def resolve_precision(topology: TopologyConfig, device: torch.device) -> str:
+    """The recipe's precision, or for "auto": bf16 on GPUs that have it, fp16 on older GPUs, fp32 on
+    CPU. bf16 and fp16 are accepted on CPU too (torch autocasts both there, and fp16 is loss-scaled by
+    GradScaler("cpu")): slower than fp32 on most CPUs, but they rehearse a GPU run's precision path."""
     if topology.precision != "auto":
-        if topology.precision == "fp16" and device.type != "cuda":
-            raise UsageError("topology.precision = 'fp16' needs a CUDA device; use bf16 or fp32 on CPU")
         return topology.precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
