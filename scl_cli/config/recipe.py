@@ -43,8 +43,8 @@ class DataConfig(Section):
         ge=0,
         le=1,
         description="Share of the samples read that may be skipped as undecodable (corrupt image, truncated "
-        "shard, unreadable clip; counted per reason in the metrics) before the run stops. Judged once "
-        "10 / max_bad_samples samples have been read.",
+        "shard, unreadable clip; counted per reason in the metrics) before the run stops (judged once 10 "
+        "samples were skipped).",
     )
 
     @field_validator("train", mode="before")

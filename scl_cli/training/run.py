@@ -11,6 +11,7 @@ from typing import Any
 
 from scl_cli.config import Recipe
 from scl_cli.data.manifests import source_media
+from scl_cli.data.skips import SkipCounter
 from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.errors import UsageError
@@ -18,9 +19,10 @@ from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_mode
 from scl_cli.reporting import NullReporter, Reporter
 from scl_cli.training.checkpointing import write_checkpoint_fn
 from scl_cli.training.freeze import freeze_unreachable
+from scl_cli.training.guard import NonFiniteGuard
 from scl_cli.training.loggers import METRICS_FILE, MetricsLogger
 from scl_cli.training.optim import build_optimizer, build_scheduler
-from scl_cli.training.parallel import wrap_data_parallel
+from scl_cli.training.parallel import StateIO, wrap_data_parallel
 from scl_cli.training.runtime import Runtime
 from scl_cli.training.step import TrainStep
 from scl_cli.training.trainer import Trainer, TrainResult, TrainState
@@ -54,14 +56,23 @@ def run_training(
     reporter = reporter or NullReporter()
     if not runtime.is_main:
         reporter = NullReporter()  # rank 0 reports for everyone
+    state_io: StateIO | None = None
+
+    def reload(path: Path) -> dict:
+        """Weights of checkpoint `path` into the model (every rank); returns its training state."""
+        ckpt = load_checkpoint(path)
+        if ckpt.training_state is None:
+            raise UsageError(f"{path}: holds weights only (no training state), so it cannot be resumed")
+        if state_io is None:
+            load_model_weights(model, ckpt.state_dict)
+        else:
+            state_io.load_model_state(model, ckpt.state_dict)
+        return ckpt.training_state
+
     saved = None
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        load_model_weights(model, ckpt.state_dict)
-        if ckpt.training_state is None:
-            raise UsageError(f"{resume_from}: holds weights only (no training state), so it cannot be resumed")
-        saved = ckpt.training_state
-        reporter.info(f"resuming from {resume_from} (step {ckpt.step})")
+        saved = reload(resume_from)
+        reporter.info(f"resuming from {resume_from} (step {saved['step']})")
 
     media = source_media(recipe.data.root, datasets, split, group)
     frames = recipe.data.num_frames if "video" in media else 1
@@ -81,10 +92,48 @@ def run_training(
     if frozen:
         reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
     wrapped, state_io = wrap_data_parallel(step_module, model, recipe.topology, runtime)
+    optim = recipe.optim
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
     scheduler = build_scheduler(optimizer, recipe.optim)
     state = TrainState()
     metrics = MetricsLogger(run_dir, loggers=recipe.log.loggers, enabled=runtime.is_main)
+    loaders: list = []
+
+    def rebatch(at: TrainState, from_state: dict | None = None) -> SkipCounter:
+        """The data stream from micro-batch `at.micro_batches` of a training state on (the masks'
+        random stream too), with the skipped samples before it accounted for."""
+        for old in loaders:  # a roll-back replaces the stream: stop the old loader's workers
+            old.close()
+        loaders.clear()
+        step_module.draws = at.micro_batches
+        skips = _skip_state(from_state, runtime.rank, recipe.data.num_workers, len(datasets))
+        loader = build_train_loader(
+            data_root=recipe.data.root,
+            datasets=datasets,
+            weights=recipe.data.weights if len(datasets) > 1 else None,
+            split=split,
+            tokenizer=tokenizer,
+            image_size=model.config.vision.image_size,
+            max_len=model.config.text.max_len,
+            batch_size=recipe.micro_batch(),
+            seed=recipe.optim.seed,
+            rank=runtime.rank,
+            world_size=runtime.world_size,
+            num_workers=recipe.data.num_workers,
+            shuffle_buffer=recipe.data.shuffle_buffer,
+            augment=recipe.data.augment,
+            crop_min_scale=recipe.data.crop_min_scale,
+            start_batch=at.micro_batches,
+            pin_memory=runtime.device.type == "cuda",
+            collate=collate,
+            group=group,
+            num_frames=recipe.data.num_frames,
+            start_skipped=(skips or {}).get("extra"),
+        )
+        loaders.append(SkipCounter(iter(loader), recipe.data.num_workers, datasets, recipe.micro_batch(),
+                                   at.micro_batches, skips))  # fmt: skip
+        return loaders[-1]
+
     with tempfile.TemporaryDirectory() as tmp:
         files = dict(extra_files or {})
         if "tokenizer.json" not in files:
@@ -102,34 +151,16 @@ def run_training(
             metrics=metrics,
             reporter=reporter,
             state_io=state_io,
+            guard=NonFiniteGuard(optim.rollback_after, optim.rollback_lr_factor, optim.max_rollbacks,
+                                 runtime.distributed),
+            reload=reload,
+            rebatch=rebatch,
+            max_bad_samples=recipe.data.max_bad_samples,
         )  # fmt: skip
         if saved is not None:
             state = trainer.load_training_state(saved)
-            step_module.draws = state.micro_batches  # the masks' random stream goes on from there
             metrics.truncate_after(state.step)
-        loader = build_train_loader(
-            data_root=recipe.data.root,
-            datasets=datasets,
-            weights=recipe.data.weights if len(datasets) > 1 else None,
-            split=split,
-            tokenizer=tokenizer,
-            image_size=model.config.vision.image_size,
-            max_len=model.config.text.max_len,
-            batch_size=recipe.micro_batch(),
-            seed=recipe.optim.seed,
-            rank=runtime.rank,
-            world_size=runtime.world_size,
-            num_workers=recipe.data.num_workers,
-            shuffle_buffer=recipe.data.shuffle_buffer,
-            augment=recipe.data.augment,
-            crop_min_scale=recipe.data.crop_min_scale,
-            start_batch=state.micro_batches,
-            pin_memory=runtime.device.type == "cuda",
-            collate=collate,
-            group=group,
-            num_frames=recipe.data.num_frames,
-        )
-        batches = iter(loader)
+        batches = rebatch(state, saved)
         if saved is not None:
             # After the loader exists: starting its workers draws from the global RNG.
             trainer.restore_rng(saved)
@@ -137,6 +168,21 @@ def run_training(
             return trainer.fit(batches, state, run_dir)
         finally:
             metrics.close()
+            for counter in loaders:
+                counter.close()
+
+
+def _skip_state(saved: dict | None, rank: int, workers: int, sources: int) -> dict | None:
+    """This rank's skipped-sample state of a training state, when it fits this loader (same
+    workers and data sets; otherwise the stream restarts its accounting, as after a topology change)."""
+    if saved is None:
+        return None
+    ranks = saved.get("data_skips_ranks") or []
+    state = ranks[rank] if rank < len(ranks) else saved.get("data_skips")
+    extra = (state or {}).get("extra") or []
+    if len(extra) != max(workers, 1) or any(len(row) != sources for row in extra):
+        return None
+    return state
 
 
 def result_from_run(run_dir: Path) -> TrainResult:
