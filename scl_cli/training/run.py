@@ -17,6 +17,7 @@ from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.errors import UsageError
 from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_model_weights
 from scl_cli.reporting import NullReporter, Reporter
+from scl_cli.training.auto_batch import cuda_probe, resolve_micro_batch
 from scl_cli.training.checkpointing import write_checkpoint_fn
 from scl_cli.training.freeze import freeze_unreachable
 from scl_cli.training.guard import NonFiniteGuard
@@ -91,6 +92,9 @@ def run_training(
             model.get_parameter(name).requires_grad_(False)
     if frozen:
         reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
+    if recipe.optim.micro_batch_size == "auto":
+        probe = cuda_probe(step_module, model, recipe, runtime, frames) if runtime.device.type == "cuda" else None
+        resolve_micro_batch(recipe, runtime, run_dir, probe, frames, reporter)
     wrapped, state_io = wrap_data_parallel(step_module, model, recipe.topology, runtime)
     optim = recipe.optim
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
