@@ -34,3 +34,7 @@ class CheckpointError(SclError):
 class TrainingError(SclError):
     """A run that cannot go on (non-finite steps after every roll-back, too many undecodable
     samples); the message says why and what to try (exit code 1)."""
+
+
+class ReproductionError(SclError):
+    """`scl pretrain --reproduce`: the re-run's losses differ from the recorded run's (exit code 1)."""

@@ -18,7 +18,7 @@ from scl_cli.errors import UsageError
 from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_model_weights
 from scl_cli.reporting import NullReporter, Reporter
 from scl_cli.training.auto_batch import cuda_probe, resolve_micro_batch
-from scl_cli.training.checkpointing import write_checkpoint_fn
+from scl_cli.training.checkpointing import reproduction_record, write_checkpoint_fn
 from scl_cli.training.freeze import freeze_unreachable
 from scl_cli.training.guard import NonFiniteGuard
 from scl_cli.training.loggers import METRICS_FILE, MetricsLogger
@@ -46,13 +46,16 @@ def run_training(
     frozen: list[str] | None = None,
     extra_files: dict[str, Path] | None = None,
     reporter: Reporter | None = None,
+    stop_at: int | None = None,
 ) -> TrainResult:
     """Train `step_module` on `datasets`/`split` until `recipe.optim.max_steps`.
 
     `resume_from`: a checkpoint of this run to continue exactly (weights, optimiser, scheduler,
     RNG, data position). `frozen`: parameter names not to train; by default those the step's
     objectives can never reach (so DDP needs no unused-parameter search). `collate` turns raw
-    samples into the batch the objectives read (default: image + one caption).
+    samples into the batch the objectives read (default: image + one caption). `stop_at`: end
+    after this step (the schedule still runs to `max_steps`; `--reproduce`). Every checkpoint's
+    config.json records where the run came from (`checkpointing.reproduction_record`).
     """
     reporter = reporter or NullReporter()
     if not runtime.is_main:
@@ -95,6 +98,7 @@ def run_training(
     if recipe.optim.micro_batch_size == "auto":
         probe = cuda_probe(step_module, model, recipe, runtime, frames) if runtime.device.type == "cuda" else None
         resolve_micro_batch(recipe, runtime, run_dir, probe, frames, reporter)
+    config = {**config, "reproduction": reproduction_record(recipe, runtime, datasets, group)}
     wrapped, state_io = wrap_data_parallel(step_module, model, recipe.topology, runtime)
     optim = recipe.optim
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
@@ -160,6 +164,7 @@ def run_training(
             reload=reload,
             rebatch=rebatch,
             max_bad_samples=recipe.data.max_bad_samples,
+            stop_at=stop_at,
         )  # fmt: skip
         if saved is not None:
             state = trainer.load_training_state(saved)

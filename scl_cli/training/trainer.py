@@ -73,6 +73,7 @@ class Trainer:
         reload=None,
         rebatch=None,
         max_bad_samples: float = 1.0,
+        stop_at: int | None = None,
     ) -> None:
         self.step_module = step_module
         self.model = model
@@ -94,6 +95,7 @@ class Trainer:
         self.guard.loss_only = self.scaler is not None
         self.reload, self.rebatch = reload, rebatch
         self.max_bad_samples = max_bad_samples
+        self.stop_at = max_steps if stop_at is None else min(stop_at, max_steps)  # the loop's end
         self.skips: SkipCounter | None = None  # the stream's skipped-sample accounting, if it has one
         self.data_wait = 0.0  # seconds blocked waiting for the next batch since the last log
 
@@ -225,7 +227,7 @@ class Trainer:
         window_steps, window_start = 0, time.perf_counter()
         last_saved = state.step
         try:
-            while state.step < self.max_steps:
+            while state.step < self.stop_at:
                 sums = self.train_step(batches, state)
                 for key, value in sums.items():
                     window[key] = window[key] + value if key in window else value
@@ -304,11 +306,13 @@ class Trainer:
         skipped = round(sums.pop("skipped_steps", 0.0))
         good = steps - skipped
         values = {("loss" if k == "total" else k): (v / good if good else float("nan")) for k, v in sums.items()}
-        values["skipped_steps"] = float(skipped)
-        values.update(self.guard.metrics())
+        if self.guard.skipped:  # from the first skipped step on (a quiet log until then)
+            values["skipped_steps"] = float(skipped)
+            values.update(self.guard.metrics())
         if self.skips is not None:
             read, counts = self.skips.totals(self.rt.device, self.rt.distributed)
-            values.update(self.skips.metrics(read, counts))
+            if sum(counts.values()):
+                values.update(self.skips.metrics(read, counts))
             self._skip_totals = (read, counts)
         if "video_batches" in values:  # a run mixing images and clips: per-media means
             share = values["video_batches"]
