@@ -44,7 +44,9 @@ class TrainStream(IterableDataset):
     """Endless batches for one rank: `images` uint8 [B, T, 3, H, W] (pixels; the step normalises
     them on its device, see `transforms.to_model_input` — a quarter of float32's bytes through the
     worker queue and the host-device copy), `text_ids` int64 [B, L], `text_mask` int64 [B, L]
-    (1 = real token), `index` int64 [B] (global sample index).
+    (1 = real token), `index` int64 [B] (global sample index), `skipped` int64 [len(SKIP_REASONS)]
+    and `skipped_by_source` int64 [data sets] (undecodable samples this batch skipped; the trainer
+    takes them off, `data.skips`).
 
     T is 1 for images and `num_frames` for clips. When image and video data sets are mixed, each
     batch draws its media first (by the summed weights of each kind), then its samples from the
