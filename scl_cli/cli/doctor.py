@@ -14,8 +14,10 @@ from scl_cli.cli.app import SetOpt, app
 def doctor(
     recipe: Annotated[
         Path | None,
-        typer.Argument(help="Recipe whose run to check (data sets, weights, disk, ...); none: this machine only.",
-                       show_default=False),
+        typer.Argument(
+            help="Recipe whose run to check (data sets, weights, disk, ...); none: this machine only.",
+            show_default=False,
+        ),
     ] = None,
     set_: SetOpt = None,
 ) -> None:

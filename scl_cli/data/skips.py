@@ -33,7 +33,9 @@ class SkipCounter:
             [0] * len(self.sources) for _ in range(self.workers)
         ]
         self.counts: dict[str, int] = {r: int((state.get("counts") or {}).get(r, 0)) for r in SKIP_REASONS}
-        self.by_source: dict[str, int] = {s: int((state.get("by_source") or {}).get(s, 0)) for s in self.sources}
+        self.by_source: dict[str, int] = {
+            s: int((state.get("by_source") or {}).get(s, 0)) for s in self.sources
+        }
         self.read = int(state.get("read", 0))
 
     def __iter__(self) -> SkipCounter:
@@ -70,7 +72,9 @@ class SkipCounter:
         return {"extra": [list(row) for row in self.extra], "counts": dict(self.counts),
                 "by_source": dict(self.by_source), "read": self.read}  # fmt: skip
 
-    def totals(self, device: torch.device | None = None, distributed: bool = False) -> tuple[int, dict[str, int]]:
+    def totals(
+        self, device: torch.device | None = None, distributed: bool = False
+    ) -> tuple[int, dict[str, int]]:
         """(samples read, skips per reason) of every process (a collective when `distributed`)."""
         values = [self.read, *(self.counts[r] for r in SKIP_REASONS)]
         if distributed:

@@ -101,7 +101,9 @@ def _devices(report: DoctorReport, recipe: Recipe, env: dict) -> None:
     per_node = topo.devices_per_node
     where = f"topology: {topo.nodes} node(s) x {per_node} device(s), device '{topo.device}'"
     if topo.device == "cuda" and not gpus:
-        report.add("devices", FAIL, f"{where}; no GPU visible", "use --set topology.device=cpu, or a GPU machine")
+        report.add(
+            "devices", FAIL, f"{where}; no GPU visible", "use --set topology.device=cpu, or a GPU machine"
+        )
     elif gpus and topo.device != "cpu" and len(gpus) < per_node:
         report.add("devices", FAIL, f"{where}; {len(gpus)} GPU(s) visible",
                    f"--set topology.devices_per_node={len(gpus)} (the global batch stays; accumulation grows)")  # fmt: skip
@@ -113,7 +115,9 @@ def _devices(report: DoctorReport, recipe: Recipe, env: dict) -> None:
     if topo.precision == "fp16" and not gpus:
         report.add("precision", FAIL, "fp16 without a GPU", "--set topology.precision=fp32 (or bf16)")
     elif topo.precision == "bf16" and gpus and not env["bf16"]:
-        report.add("precision", FAIL, "bf16 asked, the GPU lacks it", "--set topology.precision=fp16 (or auto)")
+        report.add(
+            "precision", FAIL, "bf16 asked, the GPU lacks it", "--set topology.precision=fp16 (or auto)"
+        )
     else:
         report.add("precision", OK, topo.precision)
 
@@ -155,7 +159,9 @@ def _hub_cached(repo: str, files: list[str]) -> str | None:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "") not in ("", "0", "false") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _weights(report: DoctorReport, label: str, source: str, hub_repo: str | None, files: list[str]) -> None:
@@ -163,7 +169,9 @@ def _weights(report: DoctorReport, label: str, source: str, hub_repo: str | None
     if path.exists():
         report.add(label, OK, f"{path} (local)")
         return
-    if source.startswith(("/", "./", "../", "~")) or source.endswith((".pt", ".bin", ".safetensors", ".json")):
+    if source.startswith(("/", "./", "../", "~")) or source.endswith(
+        (".pt", ".bin", ".safetensors", ".json")
+    ):
         report.add(label, FAIL, f"{source}: no such file or folder", "fix the path in the recipe")
         return
     cached = _hub_cached(hub_repo or source, files)
@@ -247,7 +255,9 @@ def _output(report: DoctorReport, recipe: Recipe, vocab: int | None) -> None:
     try:
         with tempfile.NamedTemporaryFile(dir=parent, prefix=".scl-doctor-"):
             pass
-        report.add("write access", OK, f"{out} ({'exists' if out.exists() else 'created under ' + str(parent)})")
+        report.add(
+            "write access", OK, f"{out} ({'exists' if out.exists() else 'created under ' + str(parent)})"
+        )
     except OSError as err:
         report.add("write access", FAIL, f"{parent}: {err.strerror or err}",
                    "choose an output.dir this user may write to")  # fmt: skip
@@ -262,11 +272,18 @@ def _output(report: DoctorReport, recipe: Recipe, vocab: int | None) -> None:
     if params is None:
         report.add("free disk", OK, f"{_size(free)} at {parent}")
         return
-    need = params * CHECKPOINT_BYTES_PER_PARAMETER * (recipe.output.keep_last + 1)  # +1: the one being written
+    need = (
+        params * CHECKPOINT_BYTES_PER_PARAMETER * (recipe.output.keep_last + 1)
+    )  # +1: the one being written
     found_text = (f"{_size(free)} free at {parent}; {recipe.output.keep_last} kept checkpoint(s) + one being "
                   f"written need about {_size(need)}")  # fmt: skip
     if free < need:
-        report.add("free disk", FAIL, found_text, "free some space, lower output.keep_last, or choose another output.dir")
+        report.add(
+            "free disk",
+            FAIL,
+            found_text,
+            "free some space, lower output.keep_last, or choose another output.dir",
+        )
     elif free < 2 * need:
         report.add("free disk", WARN, found_text, "little room left for logs and data: consider more space")
     else:

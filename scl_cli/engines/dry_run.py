@@ -79,8 +79,11 @@ class DryRunReport:
         rows = [
             ["device", f"{self.world} x {self.device} ({self.precision})"],
             ["parameters", f"{self.parameters / 1e6:.1f} M ({self.trainable / 1e6:.1f} M trained)"],
-            ["batch", f"{self.micro_batch} per device x {self.accumulation} accumulation x {self.world} "
-                      f"device(s) = {self.global_batch}"],  # fmt: skip
+            [
+                "batch",
+                f"{self.micro_batch} per device x {self.accumulation} accumulation x {self.world} "
+                f"device(s) = {self.global_batch}",
+            ],  # fmt: skip
             ["GFLOP per sample (fwd+bwd)", f"{self.flops_per_sample / 1e9:.2f}"],
             *[[f"memory: {name}", value] for name, value in self.memory.rows()[:-1]],
             ["memory per device (estimate)", f"{self.memory.rows()[-1][1]}{capacity}"],
@@ -122,7 +125,9 @@ def _frames(recipe: Recipe, notes: list[str]) -> int:
     return recipe.data.num_frames if "video" in media else 1
 
 
-def _auto_micro(recipe: Recipe, device: torch.device, capacity: int | None, estimate, notes: list[str]) -> int:
+def _auto_micro(
+    recipe: Recipe, device: torch.device, capacity: int | None, estimate, notes: list[str]
+) -> int:
     """The micro-batch "auto" would give: the cached probe result, else the largest candidate whose
     estimate fits (CUDA), else the default."""
     per_device = recipe.optim.batch_size // recipe.topology.world_size
@@ -177,7 +182,9 @@ def dry_run(
     memory = estimate(micro, accumulating=accumulation > 1)
     with torch.device("meta"):
         parameters = SCLModel(recipe.model, vocab, pad).num_parameters()
-    name = "cpu" if device.type == "cpu" else f"{torch.cuda.get_device_name(device)} ({capacity / 1e9:.1f} GB)"
+    name = (
+        "cpu" if device.type == "cpu" else f"{torch.cuda.get_device_name(device)} ({capacity / 1e9:.1f} GB)"
+    )
     report = DryRunReport(
         device=name, precision=precision, world=topo.world_size, micro_batch=micro, accumulation=accumulation,
         global_batch=recipe.optim.batch_size, parameters=parameters, trainable=memory.trainable,
@@ -204,5 +211,7 @@ def _measure(recipe: Recipe, runtime: Runtime, vocab: int, pad: int, spec, micro
     step = build_train_step(recipe, model, spec, runtime)
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
     batch = synthetic_batch(recipe, micro, vocab, runtime.device, frames)
-    seconds, _ = time_steps(optimizer_step_fn(step, optimizer, batch, runtime), runtime.device, steps, warmup=1)
+    seconds, _ = time_steps(
+        optimizer_step_fn(step, optimizer, batch, runtime), runtime.device, steps, warmup=1
+    )
     return seconds

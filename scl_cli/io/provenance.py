@@ -45,4 +45,8 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 
 def machine() -> dict[str, str]:
-    return {"hostname": socket.gethostname(), "platform": platform.platform(), "processor": platform.machine()}
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+    }

@@ -73,6 +73,8 @@ class NonFiniteGuard:
                 optimizer.__dict__.pop("found_inf", None)
         elif not bool(bad):  # a host read: free on CPU; non-fused CUDA optimizers only
             optimizer.step()
+        else:
+            optimizer._opt_called = True  # skipped on purpose: the scheduler need not warn about order
 
     def record(self, step: int, bad: torch.Tensor) -> None:
         self._pending.append((step, bad))

@@ -68,7 +68,7 @@ def damaged_copy(shapes_root: Path, tmp_path: Path) -> tuple[Path, dict[str, str
 
 def recipe(root: Path, run: Path, **sets):
     values = {
-        "data.root": f'"{root}"', "output.dir": f'"{run}"', "data.num_workers": 2, "optim.batch_size": 8,
+        "data.root": f'"{root}"', "output.dir": f'"{run}"', "data.num_workers": 2, "optim.batch_size": 4,
         "optim.max_steps": 10, "log.every": 1, "log.loggers": "[]", "output.checkpoint_every": 5,
         "output.keep_last": 5, "topology.device": "cpu", "data.max_bad_samples": 0.2, **sets,
     }  # fmt: skip
@@ -99,11 +99,11 @@ def test_a_shard_with_corrupt_members_trains_to_the_end_with_the_right_counts(sh
     result = pretrain(rec)
     assert result.steps == 10
     state = torch.load(run / "checkpoints" / "step-10" / "training_state.pt", weights_only=True)["data_skips"]
-    per_worker = [5 * 8 + sum(row) for row in state["extra"]]  # batch b came from worker b % 2
+    per_worker = [5 * 4 + sum(row) for row in state["extra"]]  # batch b came from worker b % 2
     want = expected_counts(root, bad, per_worker, rec)
     assert set(want) == {"corrupt_image", "truncated_image", "truncated_shard"}, want
     assert {k: v for k, v in state["counts"].items() if v} == dict(want)
-    assert state["read"] == 10 * 8 + sum(want.values())
+    assert state["read"] == 10 * 4 + sum(want.values())
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["samples_skipped"] == sum(want.values())
     assert all(last[f"samples_skipped/{reason}"] == n for reason, n in want.items())
@@ -118,12 +118,16 @@ def test_a_shard_with_corrupt_members_trains_to_the_end_with_the_right_counts(sh
     a = load_file(str(run / "checkpoints" / "step-10" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step-10" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    again = torch.load(resumed / "checkpoints" / "step-10" / "training_state.pt", weights_only=True)["data_skips"]
+    again = torch.load(resumed / "checkpoints" / "step-10" / "training_state.pt", weights_only=True)[
+        "data_skips"
+    ]
     assert again == state
 
 
 def test_too_many_bad_samples_stop_the_run(shapes_root, tmp_path):
     root, _ = damaged_copy(shapes_root, tmp_path)
-    with pytest.raises(TrainingError, match=r"could not be decoded \(.*corrupt_image.*data.max_bad_samples = 0.01"):
+    with pytest.raises(
+        TrainingError, match=r"could not be decoded \(.*corrupt_image.*data.max_bad_samples = 0.01"
+    ):
         pretrain(recipe(root, tmp_path / "run", **{"data.max_bad_samples": 0.01, "optim.max_steps": 20,
                                                    "data.num_workers": 0}))  # fmt: skip

@@ -80,15 +80,20 @@ def test_memory_estimate_is_within_20_percent_of_the_measured_cpu_peak(shapes_ro
     estimate = estimate_memory(recipe, vocab, pad, spec, 8, "fp32")
     measured = _measured_peak(recipe, 8)
     assert abs(estimate.total - measured) <= 0.2 * measured, (estimate, measured)
-    assert estimate.parameters + estimate.gradients + estimate.optimizer + estimate.activations == estimate.total
+    assert (
+        estimate.parameters + estimate.gradients + estimate.optimizer + estimate.activations == estimate.total
+    )
 
 
-def test_16_bit_activations_are_estimated_smaller(shapes_root, tmp_path):
+def test_16_bit_and_activation_checkpointing_are_estimated_smaller(shapes_root, tmp_path):
     recipe = tiny(shapes_root, tmp_path, "optim.batch_size=8")
     vocab, spec, pad, _ = vocab_and_spec(recipe)
     fp32 = estimate_memory(recipe, vocab, pad, spec, 8, "fp32")
     bf16 = estimate_memory(recipe, vocab, pad, spec, 8, "bf16")
     assert bf16.parameters == fp32.parameters and bf16.activations < 0.75 * fp32.activations
+    checkpointed = tiny(shapes_root, tmp_path, "optim.batch_size=8", "topology.activation_checkpointing=true")
+    recomputed = estimate_memory(checkpointed, vocab, pad, spec, 8, "fp32")
+    assert recomputed.activations < 0.5 * fp32.activations
 
 
 def test_dry_run_cli_prints_the_table_and_writes_nothing(shapes_root, tmp_path):

@@ -54,7 +54,7 @@ class NaNAt(Objective):
 def recipe(shapes_root: Path, run: Path, calls: list[int], **sets):
     values = {
         "data.root": f'"{shapes_root}"', "output.dir": f'"{run}"', "data.num_workers": 0,
-        "optim.max_steps": 8, "optim.batch_size": 8, "log.every": 1, "log.loggers": "[]",
+        "optim.max_steps": 6, "optim.batch_size": 4, "log.every": 1, "log.loggers": "[]",
         "output.checkpoint_every": 2, "output.keep_last": 10, "topology.device": "cpu",
         "objectives.nan_at.weight": 1.0, "objectives.nan_at.calls": str(calls),
         "optim.rollback_after": 2, "optim.rollback_lr_factor": 0.5, **sets,
@@ -87,38 +87,44 @@ def test_a_non_finite_step_is_skipped_and_counted(shapes_root, tmp_path):
     for key in before:
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(before[key][name], after[key][name]), (key, name)
-    assert not torch.equal(weights(ckpts / "step-3")["itc_temperature"], weights(ckpts / "step-4")["itc_temperature"])
+    assert not torch.equal(
+        weights(ckpts / "step-3")["itc_temperature"], weights(ckpts / "step-4")["itc_temperature"]
+    )
     logged = {r["step"]: r for r in rows(run)}
-    assert logged[3]["skipped_steps"] == 1 and "skipped_steps" not in logged[2] and logged[4]["skipped_steps"] == 0
+    assert (
+        logged[3]["skipped_steps"] == 1
+        and "skipped_steps" not in logged[2]
+        and logged[4]["skipped_steps"] == 0
+    )
     assert all(r["loss"] == r["loss"] for r in logged.values())  # the NaN step is left out of the means
     assert logged[4]["skipped_steps_total"] == 1
 
 
 def test_k_in_a_row_roll_back_and_resume_exactly(shapes_root, tmp_path):
     rolled = tmp_path / "rolled"
-    result = pretrain(recipe(shapes_root, rolled, [5, 6]))
-    assert result.steps == 8
+    result = pretrain(recipe(shapes_root, rolled, [3, 4]))
+    assert result.steps == 6
     logged = rows(rolled)
-    assert [r["step"] for r in logged] == list(range(1, 9))  # steps 5 and 6 ran again after the roll-back
+    assert [r["step"] for r in logged] == list(range(1, 7))  # steps 3 and 4 ran again after the roll-back
     assert logged[-1]["rollbacks"] == 1 and logged[-1]["lr_scale"] == 0.5
     assert logged[-1]["skipped_steps_total"] == 2
 
-    # What the design says it equals: step-4 (the last checkpoint before the NaNs) resumed with the
+    # What the design says it equals: step-2 (the last checkpoint before the NaNs) resumed with the
     # learning rate halved.
     reference = tmp_path / "reference"
     (reference / "checkpoints").mkdir(parents=True)
-    shutil.copytree(rolled / "checkpoints" / "step-4", reference / "checkpoints" / "step-4")
-    state_file = reference / "checkpoints" / "step-4" / "training_state.pt"
+    shutil.copytree(rolled / "checkpoints" / "step-2", reference / "checkpoints" / "step-2")
+    state_file = reference / "checkpoints" / "step-2" / "training_state.pt"
     torch.save(scale_learning_rate(torch.load(state_file, weights_only=True), 0.5), state_file)
     pretrain(recipe(shapes_root, reference, []), resume=True)
-    assert_equal(weights(rolled / "checkpoints" / "step-8"), weights(reference / "checkpoints" / "step-8"))
+    assert_equal(weights(rolled / "checkpoints" / "step-6"), weights(reference / "checkpoints" / "step-6"))
 
-    # A run resumed from a checkpoint written after the roll-back ends where it did.
+    # A run resumed from a checkpoint written after the roll-back (step-4) ends where it did.
     resumed = tmp_path / "resumed"
     shutil.copytree(rolled, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-8")
+    shutil.rmtree(resumed / "checkpoints" / "step-6")
     pretrain(recipe(shapes_root, resumed, []), resume=True)
-    assert_equal(weights(rolled / "checkpoints" / "step-8"), weights(resumed / "checkpoints" / "step-8"))
+    assert_equal(weights(rolled / "checkpoints" / "step-6"), weights(resumed / "checkpoints" / "step-6"))
     assert rows(resumed)[-1]["rollbacks"] == 1
 
 
@@ -126,6 +132,7 @@ def test_after_r_roll_backs_the_run_stops(shapes_root, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"after 1 roll-back\(s\).*the run stops — lower optim.lr"):
         pretrain(recipe(shapes_root, run, list(range(3, 100)), **{"optim.max_rollbacks": 1}))
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["rollbacks"] == 1
     none_before = tmp_path / "early"
     with pytest.raises(TrainingError, match="no checkpoint from before step 1"):
         pretrain(recipe(shapes_root, none_before, list(range(1, 100))))
