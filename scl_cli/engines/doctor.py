@@ -126,18 +126,21 @@ def _data(report: DoctorReport, recipe: Recipe) -> set[str]:
     from scl_cli.data.manifests import check_slots, load_sources
 
     data = recipe.data
+    names, split, group = data.train, data.split, "splits"
+    if recipe.task is not None:  # fine-tuning reads the task's data set
+        names, split, group = [recipe.task.dataset], recipe.task.train_split, recipe.task.group
     media = set()
-    for name in data.train:
+    for name in names:
         try:
-            sources = load_sources(data.root, [name], data.split)
-            check_slots(sources, recipe.topology.world_size, data.num_workers, data.split, data.root)
+            sources = load_sources(data.root, [name], split, group)
+            check_slots(sources, recipe.topology.world_size, data.num_workers, split, data.root)
         except SclError as err:
             report.add(f"data: {name}", FAIL, str(err).split(" — ")[0], _fix_of(str(err)))
             continue
         src = sources[0]
         media.add(src.media)
         slots = recipe.topology.world_size * max(data.num_workers, 1)
-        report.add(f"data: {name}", OK, f"{data.split}: {src.samples:,} {src.media} samples in {len(src.shards)} "
+        report.add(f"data: {name}", OK, f"{split}: {src.samples:,} {src.media} samples in {len(src.shards)} "
                                         f"shards for {slots} loader slot(s)")  # fmt: skip
     return media
 
@@ -225,6 +228,8 @@ def _tokenizer(report: DoctorReport, recipe: Recipe) -> int | None:
 
 
 def _parameters(recipe: Recipe, vocab: int | None) -> int | None:
+    if recipe.task is not None:  # fine-tuning: the architecture is the checkpoint's, not the recipe's
+        return None
     try:
         import torch
 
@@ -300,7 +305,11 @@ def doctor(recipe: Recipe | None = None) -> DoctorReport:
     media = _data(report, recipe)
     if "video" in media and importlib.util.find_spec("decord") is None:
         report.add("video decoding", FAIL, "the recipe reads clips; decord is missing", "pip install decord")
-    _initial_weights(report, recipe)
-    vocab = _tokenizer(report, recipe)
+    vocab = None
+    if recipe.task is None:
+        _initial_weights(report, recipe)
+        vocab = _tokenizer(report, recipe)
+    else:
+        report.add("initial weights", OK, "the checkpoint given to `scl finetune --ckpt` (weights and tokenizer)")
     _output(report, recipe, vocab)
     return report
