@@ -29,3 +29,12 @@ class CheckpointError(SclError):
     """A checkpoint that cannot be loaded (missing, incomplete, other architecture, unsafe format)."""
 
     exit_code = 2
+
+
+class TrainingError(SclError):
+    """A run that cannot go on (non-finite steps after every roll-back, too many undecodable
+    samples); the message says why and what to try (exit code 1)."""
+
+
+class ReproductionError(SclError):
+    """`scl pretrain --reproduce`: the re-run's losses differ from the recorded run's (exit code 1)."""

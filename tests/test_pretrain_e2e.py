@@ -128,6 +128,7 @@ def test_help_of_every_command():
         ["recipe", "show"],
         ["recipe", "validate"],
         ["bench", "pretrain"],
+        ["doctor"],
     ):
         proc = run_scl(*cmd, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, cmd

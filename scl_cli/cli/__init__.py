@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from scl_cli.cli import bench, data, evaluate, figures, plots, search, share, tools, train  # noqa: F401  (registers the commands)
+from scl_cli.cli import bench, data, doctor, evaluate, figures, plots, search, share, tools, train  # noqa: F401  (registers the commands)
 from scl_cli.cli.app import app
 from scl_cli.errors import SclError
 

@@ -38,6 +38,14 @@ class DataConfig(Section):
     num_frames: int = Field(
         4, ge=1, description="Frames sampled per video clip (one per equal segment); images are 1 frame."
     )
+    max_bad_samples: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Share of the samples read that may be skipped as undecodable (corrupt image, truncated "
+        "shard, unreadable clip; counted per reason in the metrics) before the run stops (judged once 10 "
+        "samples were skipped).",
+    )
 
     @field_validator("train", mode="before")
     @classmethod
@@ -219,11 +227,31 @@ class OptimConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Where the linear decay ends.")
     max_steps: int = Field(100_000, ge=1)
     batch_size: int = Field(4096, ge=1, description="Global batch (all devices, after accumulation).")
-    micro_batch_size: int | None = Field(
-        None, ge=1, description="Per-device batch per forward pass; default: the global batch / devices."
+    micro_batch_size: int | Literal["auto"] | None = Field(
+        None,
+        description="Per-device batch per forward pass; default: the global batch / devices. 'auto': on a "
+        "CUDA device, the largest that fits (probed at the start, cached in output.dir); on CPU the default.",
     )
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0
+    rollback_after: int = Field(
+        10,
+        ge=0,
+        description="A step whose loss or gradient is not finite is skipped (weights and AdamW state "
+        "unchanged); after this many in a row the run goes back to the last checkpoint before them and "
+        "lowers the learning rate (0: never roll back).",
+    )
+    rollback_lr_factor: float = Field(
+        0.5, gt=0, le=1, description="The learning rate is multiplied by this at each roll-back."
+    )
+    max_rollbacks: int = Field(3, ge=0, description="Roll-backs allowed; one more stops the run.")
+
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro(cls, v: Any) -> Any:
+        if v is None or v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("a positive integer or 'auto'")
 
     def warmup_steps(self) -> int:
         return int(self.warmup * self.max_steps) if self.warmup < 1 else int(self.warmup)
@@ -325,7 +353,7 @@ class Recipe(Section):
         if self.optim.batch_size % world:
             raise ValueError(f"optim.batch_size {self.optim.batch_size} is not divisible by {world} devices")
         per_device = self.optim.batch_size // world
-        micro = self.optim.micro_batch_size or per_device
+        micro = self.micro_batch()
         if per_device % micro:
             raise ValueError(
                 f"per-device batch {per_device} is not a multiple of optim.micro_batch_size {micro}"
@@ -335,8 +363,12 @@ class Recipe(Section):
         return self
 
     def accumulation_steps(self) -> int:
-        per_device = self.optim.batch_size // self.topology.world_size
-        return per_device // (self.optim.micro_batch_size or per_device)
+        return self.optim.batch_size // self.topology.world_size // self.micro_batch()
 
     def micro_batch(self) -> int:
-        return self.optim.micro_batch_size or self.optim.batch_size // self.topology.world_size
+        """The per-device micro-batch; `"auto"` reads as the default (the whole per-device batch)
+        until the run resolves it on its device (`training.auto_batch`)."""
+        micro = self.optim.micro_batch_size
+        if micro is None or micro == "auto":
+            return self.optim.batch_size // self.topology.world_size
+        return micro

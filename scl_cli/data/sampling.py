@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+import tarfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from scl_cli.data.collate import ERROR_KEY
 from scl_cli.data.manifests import Shard
 from scl_cli.data.shards import MANIFEST, iter_tar_samples
 from scl_cli.errors import DataError
@@ -109,19 +111,28 @@ class SlotReader:
 
     @staticmethod
     def _read_from(shards: list[Shard], first: int) -> Iterator[tuple[int, dict[str, Any], int]]:
-        """(epoch position, raw sample, global index) in reading order, from position `first`."""
+        """(epoch position, raw sample, global index) in reading order, from position `first`.
+
+        A shard that ends early (truncated) or breaks mid-way (a damaged tar) gives, for each sample
+        it lost, a placeholder `{"__key__", "__error__": "truncated_shard"}` in its place: the
+        positions stay where the manifest put them, and the batcher skips the placeholders."""
         start = 0
         for shard in shards:
             end = start + shard.samples
             if end > first:
                 count = max(0, first - start)
-                for sample in iter_tar_samples(shard.path, skip=count):
-                    if count == shard.samples:
-                        raise _count_mismatch(shard)
-                    yield start + count, sample, shard.first_index + count
+                try:
+                    for sample in iter_tar_samples(shard.path, skip=count):
+                        if count == shard.samples:
+                            raise _count_mismatch(shard)
+                        yield start + count, sample, shard.first_index + count
+                        count += 1
+                except (tarfile.TarError, OSError, EOFError):
+                    pass  # the rest of this shard is lost; its positions become placeholders
+                while count < shard.samples:
+                    lost = {"__key__": f"{shard.path.name}#{count}", ERROR_KEY: "truncated_shard"}
+                    yield start + count, lost, shard.first_index + count
                     count += 1
-                if count != shard.samples:
-                    raise _count_mismatch(shard)
             start = end
 
 

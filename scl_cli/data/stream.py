@@ -12,6 +12,12 @@ Shard arithmetic (cf. open_clip's `ResampledShards2`/`detshuffle2`, spelled out 
   (seed, rank, worker, p). Nothing depends on history, so resuming needs no replay.
 - batches are built inside a worker; DataLoader hands them out round-robin (worker b % W gives
   batch b). Resuming at batch b shifts the worker roles by b % W so the stream continues exactly.
+- a sample that cannot be decoded (`collate.BadSample`: corrupt image, unreadable clip, a member
+  a truncated shard lost) is skipped and replaced by the next sample *of the same data set*, so
+  batch positions keep their data set (and media). Each batch carries `skipped` (counts per
+  reason, `collate.SKIP_REASONS`) and `skipped_by_source` (extra samples each data set's reader
+  gave); the trainer sums the latter per stream worker (`data.skips`) and a resumed stream starts
+  each reader that many samples further (`start_skipped`), so resuming stays exact.
 """
 
 from __future__ import annotations
@@ -26,19 +32,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from scl_cli.data.collate import Item, caption_batch
+from scl_cli.data.collate import SKIP_REASONS, BadSample, Batcher, CaptionBatch, Item
 from scl_cli.data.manifests import Shard, Source, check_slots, load_sources
 from scl_cli.data.sampling import MIX_BLOCK, SlotReader, numpy_rng, replay_blocks
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.data.transforms import ImageTransform
-from scl_cli.errors import UsageError
+from scl_cli.errors import DataError, UsageError
 
 
 class TrainStream(IterableDataset):
     """Endless batches for one rank: `images` uint8 [B, T, 3, H, W] (pixels; the step normalises
     them on its device, see `transforms.to_model_input` — a quarter of float32's bytes through the
     worker queue and the host-device copy), `text_ids` int64 [B, L], `text_mask` int64 [B, L]
-    (1 = real token), `index` int64 [B] (global sample index).
+    (1 = real token), `index` int64 [B] (global sample index), `skipped` int64 [len(SKIP_REASONS)]
+    and `skipped_by_source` int64 [data sets] (undecodable samples this batch skipped; the trainer
+    takes them off, `data.skips`).
 
     T is 1 for images and `num_frames` for clips. When image and video data sets are mixed, each
     batch draws its media first (by the summed weights of each kind), then its samples from the
@@ -60,6 +68,7 @@ class TrainStream(IterableDataset):
         start_batch: int,
         collate: Callable[[list[Item]], dict[str, torch.Tensor]] | None = None,
         num_frames: int = 4,
+        start_skipped: list[list[int]] | None = None,
     ) -> None:
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
         self.num_frames = num_frames
@@ -70,6 +79,8 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size, self.workers = rank, world_size, max(num_workers, 1)
         self.shuffle_buffer, self.start_batch = shuffle_buffer, start_batch
         self.collate = collate  # a task's batcher (fine-tuning); default: image + one caption
+        # Extra samples each (stream worker, data set) reader gave for skipped ones before start_batch.
+        self.start_skipped = start_skipped or [[0] * len(sources) for _ in range(self.workers)]
 
     def slot_shards(self, source: Source, worker: int) -> list[Shard]:
         slots = self.world_size * self.workers
@@ -84,9 +95,62 @@ class TrainStream(IterableDataset):
         shift = self.start_batch % self.workers
         worker = (loader_worker + shift) % self.workers
         done = self.start_batch // self.workers + (1 if worker < shift else 0)
-        samples = self._samples(worker, start=done * self.batch_size)
+        batcher = self._batcher()
+        if batcher is not None:
+            yield from self._skipping_batches(batcher, worker, done * self.batch_size)
+            return
+        samples = self._samples(worker, start=done * self.batch_size)  # a plain collate: no skipping
         while True:
-            yield self._collate([next(samples) for _ in range(self.batch_size)])
+            yield self.collate([next(samples) for _ in range(self.batch_size)])
+
+    def _batcher(self) -> Batcher | None:
+        if self.collate is None:
+            return CaptionBatch(self.tokenizer, self.transform, self.max_len, self.num_frames)
+        if hasattr(self.collate, "prepare") and hasattr(self.collate, "combine"):
+            return self.collate
+        return None
+
+    def _skipping_batches(self, batcher: Batcher, worker: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        choices, readers = self._readers(worker, start, self.start_skipped[worker])
+        # At most an epoch of bad samples in a row per data set, then the data set is unusable.
+        limits = [sum(s.samples for s in self.slot_shards(src, worker)) for src in self.sources]
+        position = start
+        while True:
+            prepared = []
+            skipped = [0] * len(SKIP_REASONS)
+            by_source = [0] * len(self.sources)
+            for _ in range(self.batch_size):
+                source = next(choices)
+                rng_name = f"scl-sample/{self.seed}/{self.rank}/{worker}/{position}"
+                for _ in range(limits[source] + 1):
+                    sample, index = next(readers[source])
+                    try:
+                        prepared.append(batcher.prepare((sample, index, random.Random(rng_name))))
+                        break
+                    except BadSample as bad:
+                        skipped[SKIP_REASONS.index(bad.reason)] += 1
+                        by_source[source] += 1
+                else:
+                    raise DataError(f"{self.sources[source].name}: no sample of a whole epoch of rank "
+                                    f"{self.rank}, worker {worker} could be decoded — prepare the data set again")  # fmt: skip
+                position += 1
+            batch = batcher.combine(prepared)
+            batch["skipped"] = torch.tensor(skipped, dtype=torch.long)
+            batch["skipped_by_source"] = torch.tensor(by_source, dtype=torch.long)
+            yield batch
+
+    def _readers(self, worker: int, start: int, extra: list[int]) -> tuple[Iterator[int], list[Iterator]]:
+        """The data set of each slot position from `start` on, and each data set's reader, started
+        past what the positions before `start` and the `extra` samples (skipped ones' replacements)
+        consumed."""
+        choices, consumed = self._dataset_choices(worker, start)
+        readers = [
+            SlotReader(
+                self.slot_shards(src, worker), self.seed, i, self.rank, worker, self.shuffle_buffer
+            ).samples(consumed[i] + extra[i])
+            for i, src in enumerate(self.sources)
+        ]
+        return choices, readers
 
     def _dataset_choices(self, worker: int, start: int) -> tuple[Iterator[int], list[int]]:
         """The data set of each slot position from `start` on, and how many each gave before `start`."""
@@ -122,23 +186,12 @@ class TrainStream(IterableDataset):
 
     def _samples(self, worker: int, start: int) -> Iterator[tuple[dict[str, Any], int, random.Random]]:
         """(raw sample, global index, the sample's own generator) for slot positions `start`, `start`+1, ..."""
-        choices, consumed = self._dataset_choices(worker, start)
-        streams = [
-            SlotReader(
-                self.slot_shards(src, worker), self.seed, i, self.rank, worker, self.shuffle_buffer
-            ).samples(consumed[i])
-            for i, src in enumerate(self.sources)
-        ]
+        choices, readers = self._readers(worker, start, [0] * len(self.sources))
         position = start
         for source in choices:
-            sample, index = next(streams[source])
+            sample, index = next(readers[source])
             yield sample, index, random.Random(f"scl-sample/{self.seed}/{self.rank}/{worker}/{position}")
             position += 1
-
-    def _collate(self, items: list[Item]) -> dict[str, torch.Tensor]:
-        if self.collate is not None:
-            return self.collate(items)
-        return caption_batch(items, self.tokenizer, self.transform, self.max_len, self.num_frames)
 
 
 def build_train_loader(
@@ -163,11 +216,14 @@ def build_train_loader(
     collate: Callable | None = None,
     group: str = "splits",
     num_frames: int = 4,
+    start_skipped: list[list[int]] | None = None,
 ) -> DataLoader:
     """Endless batches of this rank (see `TrainStream` for the keys and shapes).
 
     The same arguments give the same batches for a given `num_workers`; `start_batch=b` gives
-    exactly the uninterrupted stream from its b-th batch on. Data sets are mixed per sample by
+    exactly the uninterrupted stream from its b-th batch on (with `start_skipped`, the per stream
+    worker and data set count of replacements for skipped samples before it: `data.skips`). Data
+    sets are mixed per sample by
     `weights` (default: proportional to their sample counts). Raises `DataError` for a missing
     data set, manifest, split or shard, or too few shards for the rank x worker slots.
     """
@@ -186,7 +242,7 @@ def build_train_loader(
     stream = TrainStream(
         sources, list(weights), tokenizer, ImageTransform(image_size, augment, crop_min_scale),
         max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch, collate,
-        num_frames,
+        num_frames, start_skipped,
     )  # fmt: skip
     check_slots(sources, world_size, num_workers, split, data_root)
     if num_workers > 0:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scl_cli.data.collate import sample_pixels
+from scl_cli.data.collate import BadSample, check_readable, decode_image_member, sample_pixels
 from scl_cli.data.manifests import load_sources
 from scl_cli.data.shards import iter_tar_samples
 from scl_cli.data.tokenizer import TextTokenizer
@@ -31,17 +31,22 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def sample_json(sample: dict[str, Any]) -> dict[str, Any]:
+    check_readable(sample)
     try:
         return json.loads(sample["json"])
     except (KeyError, ValueError) as err:
-        raise DataError(f"sample {sample.get('__key__')}: unreadable .json ({err})") from err
+        raise BadSample("bad_record", f"sample {sample.get('__key__')}: unreadable .json ({err})") from err
 
 
 def image_bytes(sample: dict[str, Any], prefix: str = "") -> bytes:
     for ext in IMAGE_KEYS:
         if prefix + ext in sample:
             return sample[prefix + ext]
-    raise DataError(f"sample {sample.get('__key__')}: no {prefix}jpg/png image")
+    raise BadSample("bad_record", f"sample {sample.get('__key__')}: no {prefix}jpg/png image")
+
+
+def _pixels(sample: dict[str, Any], transform: ImageTransform, rng, prefix: str = "") -> torch.Tensor:
+    return decode_image_member(sample, image_bytes(sample, prefix), transform, rng)
 
 
 def iter_split(data_root: Path, dataset: str, split: str, group: str = "splits") -> Iterator[dict[str, Any]]:
@@ -98,25 +103,37 @@ class VQABatcher:
     def __post_init__(self) -> None:
         self.index = {a: i for i, a in enumerate(self.vocabulary)}
 
+    def prepare(self, item: Item) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor, int]]]:
+        """One image's pixels and its (question, soft target, question id) triples."""
+        sample, _, rng = item
+        record = sample_json(sample)
+        chosen = list(record.get("vqa", []))
+        if rng is not None and len(chosen) > self.max_questions:
+            chosen = rng.sample(chosen, self.max_questions)
+        pixels = _pixels(sample, self.transform, rng)
+        asked = []
+        for q in chosen:
+            target = torch.zeros(len(self.vocabulary))
+            labels = q.get("labels") or answer_labels(human_answers(q), self.index)
+            for i, score in labels.items():
+                target[int(i)] = float(score)
+            asked.append((q["question"], target, int(q.get("question_id", -1))))
+        return pixels, asked
+
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
+        return self.combine([self.prepare(item) for item in items])
+
+    def combine(self, prepared: list[tuple[torch.Tensor, list]]) -> dict[str, torch.Tensor]:
         pixels, questions, owner, targets, qids = [], [], [], [], []
-        for row, (sample, _, rng) in enumerate(items):
-            record = sample_json(sample)
-            chosen = list(record.get("vqa", []))
-            if rng is not None and len(chosen) > self.max_questions:
-                chosen = rng.sample(chosen, self.max_questions)
-            pixels.append(self.transform.from_bytes(image_bytes(sample), rng))
-            for q in chosen:
-                target = torch.zeros(len(self.vocabulary))
-                labels = q.get("labels") or answer_labels(human_answers(q), self.index)
-                for i, score in labels.items():
-                    target[int(i)] = float(score)
-                questions.append(q["question"])
+        for row, (image, asked) in enumerate(prepared):
+            pixels.append(image)
+            for question, target, qid in asked:
+                questions.append(question)
                 owner.append(row)
                 targets.append(target)
-                qids.append(int(q.get("question_id", -1)))
+                qids.append(qid)
         if not questions:
-            raise DataError(f"batch of {len(items)} images holds no VQA question")
+            raise DataError(f"batch of {len(prepared)} images holds no VQA question")
         ids, mask = self.tokenizer.encode(questions, self.max_len)
         return {
             "images": torch.stack(pixels).unsqueeze(1),
@@ -135,15 +152,22 @@ class NLVR2Batcher:
     transform: ImageTransform
     max_len: int
 
+    def prepare(self, item: Item) -> tuple[torch.Tensor, torch.Tensor, str, bool]:
+        sample, _, rng = item
+        record = sample_json(sample)
+        first = _pixels(sample, self.transform, rng, "img0.")
+        second = _pixels(sample, self.transform, rng, "img1.")
+        try:
+            statement, label = record["statement"], record["label"]
+        except KeyError as err:
+            raise BadSample("bad_record", f"sample {sample.get('__key__')}: no {err} in its .json") from err
+        return first, second, statement, label if isinstance(label, bool) else str(label).lower() == "true"
+
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
-        first, second, statements, labels = [], [], [], []
-        for sample, _, rng in items:
-            record = sample_json(sample)
-            first.append(self.transform.from_bytes(image_bytes(sample, "img0."), rng))
-            second.append(self.transform.from_bytes(image_bytes(sample, "img1."), rng))
-            statements.append(record["statement"])
-            label = record["label"]
-            labels.append(label if isinstance(label, bool) else str(label).lower() == "true")
+        return self.combine([self.prepare(item) for item in items])
+
+    def combine(self, prepared: list[tuple[torch.Tensor, torch.Tensor, str, bool]]) -> dict[str, torch.Tensor]:
+        first, second, statements, labels = (list(column) for column in zip(*prepared, strict=True))
         ids, mask = self.tokenizer.encode(statements, self.max_len)
         return {
             "images": torch.stack(first).unsqueeze(1),
@@ -165,12 +189,19 @@ class CaptionBatcher:
     max_len: int
     num_frames: int = 4
 
+    def prepare(self, item: Item) -> tuple[str, torch.Tensor]:
+        sample, _, rng = item
+        options = sample_json(sample).get("captions")
+        if not options:
+            raise BadSample("bad_record", f"sample {sample.get('__key__')}: no captions in its .json")
+        caption = (rng or random.Random(0)).choice(options)
+        return caption, sample_pixels(sample, self.transform, rng, self.num_frames)
+
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
-        pixels, captions = [], []
-        for sample, _, rng in items:
-            options = sample_json(sample)["captions"]
-            captions.append((rng or random.Random(0)).choice(options))
-            pixels.append(sample_pixels(sample, self.transform, rng, self.num_frames))
+        return self.combine([self.prepare(item) for item in items])
+
+    def combine(self, prepared: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        captions, pixels = (list(column) for column in zip(*prepared, strict=True))
         ids, mask = self.tokenizer.encode(captions, self.max_len)
         return {"images": torch.stack(pixels), "text_ids": ids, "text_mask": mask}
 

@@ -18,21 +18,18 @@ import torch
 
 from scl_cli.config import Recipe
 from scl_cli.data.tokenizer import load_tokenizer
-from scl_cli.errors import DataError, UsageError
 from scl_cli.model import SCLModel
-from scl_cli.objectives import build_objectives
-from scl_cli.objectives.masking import TextSpec
+from scl_cli.training.estimate import step_flops, synthetic_batch, synthetic_spec, vocab_and_spec
 from scl_cli.training.optim import build_optimizer
 from scl_cli.training.runtime import Runtime, seed_everything, setup_runtime
-from scl_cli.training.step import TrainStep, build_train_step
+from scl_cli.training.step import build_train_step
+
+__all__ = ["BenchReport", "bench_pretrain", "step_flops", "synthetic_batch", "synthetic_spec"]
 
 # Dense bf16 peaks in FLOP/s that MFU is reported against. H100/H200: the bf16 matmul rate this
 # project measured on an H100 SXM (790 TFLOP/s; the data sheet says 989). Others: data sheets.
 # Pass --peak-tflops for anything else, or to use another reference.
 PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-
-SPECIAL_TOKENS = 5  # <s> <pad> </s> <unk> <mask>, as the shapes tokenizer lays them out
-
 
 @dataclass
 class BenchReport:
@@ -84,43 +81,6 @@ class BenchReport:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
 
 
-def synthetic_spec(vocab_size: int) -> TextSpec:
-    """Masking needs only special ids and word starts; every other token starts a word here."""
-    word_start = torch.ones(vocab_size, dtype=torch.bool)
-    return TextSpec(vocab_size, 1, 4, torch.arange(SPECIAL_TOKENS), word_start)
-
-
-def synthetic_batch(recipe: Recipe, batch: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Random captions of half to full length and random uint8 images, as the loader yields them."""
-    v = recipe.model.vision
-    L = recipe.model.text.max_len
-    ids = torch.randint(SPECIAL_TOKENS, vocab, (batch, L))
-    lengths = torch.randint(L // 2, L + 1, (batch,))
-    pos = torch.arange(L)[None, :]
-    ids[:, 0] = 0
-    ids = torch.where(pos == lengths[:, None] - 1, torch.full_like(ids, 2), ids)
-    mask = (pos < lengths[:, None]).long()
-    ids = torch.where(mask.bool(), ids, torch.full_like(ids, 1))
-    images = torch.randint(0, 256, (batch, 1, 3, v.image_size, v.image_size), dtype=torch.uint8)
-    return {k: t.to(device) for k, t in {"images": images, "text_ids": ids, "text_mask": mask}.items()}
-
-
-def step_flops(recipe: Recipe, vocab: int, pad: int, spec: TextSpec, batch: int) -> float:
-    """FLOPs of one training step (forward + backward) on `batch` samples, counted on a meta-device
-    copy of the model: no memory, no arithmetic, any size. Attention counts as its matmuls."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta = torch.device("meta")
-    with meta:
-        model = SCLModel(recipe.model, vocab, pad)
-    step = TrainStep(model, build_objectives(recipe.objectives), recipe.masking, spec.to(meta))
-    data = {k: v.to(meta) for k, v in synthetic_batch(recipe, batch, vocab, torch.device("cpu")).items()}
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step(data)["total"].backward()
-    return float(counter.get_total_flops())
-
-
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
@@ -134,15 +94,7 @@ def _device_peak(device: torch.device) -> float | None:
     return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def _vocab_and_spec(recipe: Recipe):
-    vocab = recipe.model.text.vocab_size
-    if vocab is not None:
-        return vocab, synthetic_spec(vocab), 1, None
-    try:
-        tok = load_tokenizer(recipe.model.text.tokenizer, recipe.data.root, recipe.data.train[0])
-    except DataError as err:
-        raise UsageError(f"{err} (or set model.text.vocab_size to benchmark without a tokenizer)") from None
-    return tok.vocab_size, TextSpec.from_tokenizer(tok), tok.pad_id, tok
+_vocab_and_spec = vocab_and_spec  # the name benchmarks/sync_check.py imports
 
 
 def _loader_batches(recipe: Recipe, tokenizer, batch: int, runtime: Runtime):

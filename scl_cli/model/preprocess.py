@@ -33,5 +33,7 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     device (after the cheap uint8 transfer); float images are taken as normalised already."""
     if images.dtype != torch.uint8:
         return images
+    if type(images) is not torch.Tensor:  # fake/functional tensors (estimates, tracing) must not fill the cache
+        return normalize(images)
     mean, std = _clip_stats(images.device)
     return (images.float() / 255 - mean) / std

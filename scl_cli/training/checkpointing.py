@@ -3,6 +3,7 @@ and the rule that a folder already holding checkpoints is continued only when as
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,8 +11,12 @@ from torch import nn
 
 from scl_cli import __version__
 from scl_cli.config import Recipe, recipe_to_dict
+from scl_cli.data.manifests import parse_source
+from scl_cli.data.shards import MANIFEST
 from scl_cli.errors import UsageError
 from scl_cli.io.checkpoints import latest_checkpoint, save_checkpoint
+from scl_cli.io.fingerprint import sha256_file, sha256_text
+from scl_cli.io.provenance import git_state, machine, package_versions
 from scl_cli.training.parallel import StateIO
 from scl_cli.training.runtime import Runtime
 
@@ -48,6 +53,42 @@ def checkpoint_config(recipe: Recipe, model: SCLModel, vqa_vocabulary: str | Non
         "tokenizer": "tokenizer.json",
         "heads": describe_heads(model, vqa_vocabulary),
         "recipe": recipe_to_dict(recipe),
+    }
+
+
+def recipe_fingerprint(recipe: Recipe) -> str:
+    """sha256 of the resolved recipe, where the run writes (`output.dir`) left out."""
+    data = recipe_to_dict(recipe)
+    data.get("output", {}).pop("dir", None)
+    return sha256_text(json.dumps(data, sort_keys=True))
+
+
+def reproduction_record(recipe: Recipe, runtime: Runtime, datasets: list[str], group: str = "splits") -> dict:
+    """What `config.json["reproduction"]` records in every checkpoint of a run: the code (git
+    commit, dirty tree), package versions, the sha256 of the resolved recipe and of every data
+    manifest it trains on, the topology and the machine. `scl pretrain R --reproduce RUN` reads it."""
+    import torch
+
+    data = {}
+    for spec in datasets:
+        name, _ = parse_source(spec, group)
+        path = Path(recipe.data.root) / name / MANIFEST
+        data[spec] = {"manifest": str(path), "sha256": sha256_file(path) if path.is_file() else None}
+    device = runtime.device
+    topo = recipe.topology
+    return {
+        "git": git_state(),
+        "packages": package_versions(),
+        "recipe_sha256": recipe_fingerprint(recipe),
+        "data": data,
+        "topology": {
+            "world_size": runtime.world_size, "nodes": topo.nodes, "devices_per_node": topo.devices_per_node,
+            "strategy": topo.strategy, "precision": runtime.precision,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+            "cuda": torch.version.cuda, "compile": topo.compile,
+            "activation_checkpointing": topo.activation_checkpointing,
+        },  # fmt: skip
+        "machine": machine(),
     }
 
 

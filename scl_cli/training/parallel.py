@@ -99,6 +99,12 @@ class StateIO:
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
         optimizer.load_state_dict(state)
 
+    def load_model_state(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        """A full state dict into the (wrapped) model, e.g. when a run rolls back. Every rank."""
+        from scl_cli.io.checkpoints import load_model_weights
+
+        load_model_weights(model, state_dict)
+
 
 class ShardedStateIO(StateIO):
     """FSDP2: full (unsharded) state dicts gathered to CPU, keyed by parameter name, so rank 0
@@ -129,3 +135,9 @@ class ShardedStateIO(StateIO):
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
         set_optimizer_state_dict(self.root, optimizer, state, options=self._options())
+
+    def load_model_state(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        full = {self.prefix + k: v for k, v in state_dict.items()}
+        set_model_state_dict(self.root, full, options=self._options())

@@ -11,16 +11,19 @@ from typing import Any
 
 from scl_cli.config import Recipe
 from scl_cli.data.manifests import source_media
+from scl_cli.data.skips import SkipCounter
 from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.errors import UsageError
 from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_model_weights
 from scl_cli.reporting import NullReporter, Reporter
-from scl_cli.training.checkpointing import write_checkpoint_fn
+from scl_cli.training.auto_batch import cuda_probe, resolve_micro_batch
+from scl_cli.training.checkpointing import reproduction_record, write_checkpoint_fn
 from scl_cli.training.freeze import freeze_unreachable
+from scl_cli.training.guard import NonFiniteGuard
 from scl_cli.training.loggers import METRICS_FILE, MetricsLogger
 from scl_cli.training.optim import build_optimizer, build_scheduler
-from scl_cli.training.parallel import wrap_data_parallel
+from scl_cli.training.parallel import StateIO, wrap_data_parallel
 from scl_cli.training.runtime import Runtime
 from scl_cli.training.step import TrainStep
 from scl_cli.training.trainer import Trainer, TrainResult, TrainState
@@ -43,25 +46,37 @@ def run_training(
     frozen: list[str] | None = None,
     extra_files: dict[str, Path] | None = None,
     reporter: Reporter | None = None,
+    stop_at: int | None = None,
 ) -> TrainResult:
     """Train `step_module` on `datasets`/`split` until `recipe.optim.max_steps`.
 
     `resume_from`: a checkpoint of this run to continue exactly (weights, optimiser, scheduler,
     RNG, data position). `frozen`: parameter names not to train; by default those the step's
     objectives can never reach (so DDP needs no unused-parameter search). `collate` turns raw
-    samples into the batch the objectives read (default: image + one caption).
+    samples into the batch the objectives read (default: image + one caption). `stop_at`: end
+    after this step (the schedule still runs to `max_steps`; `--reproduce`). Every checkpoint's
+    config.json records where the run came from (`checkpointing.reproduction_record`).
     """
     reporter = reporter or NullReporter()
     if not runtime.is_main:
         reporter = NullReporter()  # rank 0 reports for everyone
+    state_io: StateIO | None = None
+
+    def reload(path: Path) -> dict:
+        """Weights of checkpoint `path` into the model (every rank); returns its training state."""
+        ckpt = load_checkpoint(path)
+        if ckpt.training_state is None:
+            raise UsageError(f"{path}: holds weights only (no training state), so it cannot be resumed")
+        if state_io is None:
+            load_model_weights(model, ckpt.state_dict)
+        else:
+            state_io.load_model_state(model, ckpt.state_dict)
+        return ckpt.training_state
+
     saved = None
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        load_model_weights(model, ckpt.state_dict)
-        if ckpt.training_state is None:
-            raise UsageError(f"{resume_from}: holds weights only (no training state), so it cannot be resumed")
-        saved = ckpt.training_state
-        reporter.info(f"resuming from {resume_from} (step {ckpt.step})")
+        saved = reload(resume_from)
+        reporter.info(f"resuming from {resume_from} (step {saved['step']})")
 
     media = source_media(recipe.data.root, datasets, split, group)
     frames = recipe.data.num_frames if "video" in media else 1
@@ -80,32 +95,26 @@ def run_training(
             model.get_parameter(name).requires_grad_(False)
     if frozen:
         reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
+    if recipe.optim.micro_batch_size == "auto":
+        probe = cuda_probe(step_module, model, recipe, runtime, frames) if runtime.device.type == "cuda" else None
+        resolve_micro_batch(recipe, runtime, run_dir, probe, frames, reporter)
+    config = {**config, "reproduction": reproduction_record(recipe, runtime, datasets, group)}
     wrapped, state_io = wrap_data_parallel(step_module, model, recipe.topology, runtime)
+    optim = recipe.optim
     optimizer = build_optimizer(model, recipe.optim, model.param_group, runtime.device.type)
     scheduler = build_scheduler(optimizer, recipe.optim)
     state = TrainState()
     metrics = MetricsLogger(run_dir, loggers=recipe.log.loggers, enabled=runtime.is_main)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = dict(extra_files or {})
-        if "tokenizer.json" not in files:
-            files["tokenizer.json"] = Path(tmp) / "tokenizer.json"
-            tokenizer.save(files["tokenizer.json"])
-        trainer = Trainer(
-            wrapped, model, optimizer, scheduler, runtime,
-            max_steps=recipe.optim.max_steps,
-            accumulation=recipe.accumulation_steps(),
-            grad_clip=recipe.optim.grad_clip,
-            log_every=recipe.log.every,
-            checkpoint_every=recipe.output.checkpoint_every,
-            save_fn=write_checkpoint_fn(run_dir, model, config, files, recipe.output.keep_last, runtime, state_io),
-            metrics=metrics,
-            reporter=reporter,
-            state_io=state_io,
-        )  # fmt: skip
-        if saved is not None:
-            state = trainer.load_training_state(saved)
-            step_module.draws = state.micro_batches  # the masks' random stream goes on from there
-            metrics.truncate_after(state.step)
+    loaders: list = []
+
+    def rebatch(at: TrainState, from_state: dict | None = None) -> SkipCounter:
+        """The data stream from micro-batch `at.micro_batches` of a training state on (the masks'
+        random stream too), with the skipped samples before it accounted for."""
+        for old in loaders:  # a roll-back replaces the stream: stop the old loader's workers
+            old.close()
+        loaders.clear()
+        step_module.draws = at.micro_batches
+        skips = _skip_state(from_state, runtime.rank, recipe.data.num_workers, len(datasets))
         loader = build_train_loader(
             data_root=recipe.data.root,
             datasets=datasets,
@@ -122,13 +131,44 @@ def run_training(
             shuffle_buffer=recipe.data.shuffle_buffer,
             augment=recipe.data.augment,
             crop_min_scale=recipe.data.crop_min_scale,
-            start_batch=state.micro_batches,
+            start_batch=at.micro_batches,
             pin_memory=runtime.device.type == "cuda",
             collate=collate,
             group=group,
             num_frames=recipe.data.num_frames,
+            start_skipped=(skips or {}).get("extra"),
         )
-        batches = iter(loader)
+        loaders.append(SkipCounter(iter(loader), recipe.data.num_workers, datasets, recipe.micro_batch(),
+                                   at.micro_batches, skips))  # fmt: skip
+        return loaders[-1]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = dict(extra_files or {})
+        if "tokenizer.json" not in files:
+            files["tokenizer.json"] = Path(tmp) / "tokenizer.json"
+            tokenizer.save(files["tokenizer.json"])
+        trainer = Trainer(
+            wrapped, model, optimizer, scheduler, runtime,
+            max_steps=recipe.optim.max_steps,
+            accumulation=recipe.accumulation_steps(),
+            grad_clip=recipe.optim.grad_clip,
+            log_every=recipe.log.every,
+            checkpoint_every=recipe.output.checkpoint_every,
+            save_fn=write_checkpoint_fn(run_dir, model, config, files, recipe.output.keep_last, runtime, state_io),
+            metrics=metrics,
+            reporter=reporter,
+            state_io=state_io,
+            guard=NonFiniteGuard(optim.rollback_after, optim.rollback_lr_factor, optim.max_rollbacks,
+                                 runtime.distributed),
+            reload=reload,
+            rebatch=rebatch,
+            max_bad_samples=recipe.data.max_bad_samples,
+            stop_at=stop_at,
+        )  # fmt: skip
+        if saved is not None:
+            state = trainer.load_training_state(saved)
+            metrics.truncate_after(state.step)
+        batches = rebatch(state, saved)
         if saved is not None:
             # After the loader exists: starting its workers draws from the global RNG.
             trainer.restore_rng(saved)
@@ -136,6 +176,21 @@ def run_training(
             return trainer.fit(batches, state, run_dir)
         finally:
             metrics.close()
+            for counter in loaders:
+                counter.close()
+
+
+def _skip_state(saved: dict | None, rank: int, workers: int, sources: int) -> dict | None:
+    """This rank's skipped-sample state of a training state, when it fits this loader (same
+    workers and data sets; otherwise the stream restarts its accounting, as after a topology change)."""
+    if saved is None:
+        return None
+    ranks = saved.get("data_skips_ranks") or []
+    state = ranks[rank] if rank < len(ranks) else saved.get("data_skips")
+    extra = (state or {}).get("extra") or []
+    if len(extra) != max(workers, 1) or any(len(row) != sources for row in extra):
+        return None
+    return state
 
 
 def result_from_run(run_dir: Path) -> TrainResult:

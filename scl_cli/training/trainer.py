@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from scl_cli.data.skips import SkipCounter
 from scl_cli.reporting import Reporter
+from scl_cli.training.guard import NonFiniteGuard, scale_learning_rate
 from scl_cli.training.loggers import MetricsLogger
 from scl_cli.training.parallel import StateIO
 from scl_cli.training.runtime import Runtime
@@ -41,6 +43,12 @@ class Trainer:
     Ctrl-C. `state_io` says how the optimizer state is saved and loaded (plain state dicts by
     default; full state dicts gathered from the shards under FSDP). The training state holds
     every rank's RNG state (`rng_ranks`), so each rank resumes its own random stream.
+
+    `guard` skips steps whose loss or gradient is not finite (`training.guard`); to roll back it
+    needs `reload(checkpoint) -> training state` (loads the weights, returns the state to load)
+    and `rebatch(state, saved) -> batches` (the data stream from a training state's position).
+    When the batches come through a `data.skips.SkipCounter`, undecodable samples the loader
+    skipped are logged per reason and stop the run beyond `max_bad_samples` of those read.
     """
 
     def __init__(
@@ -60,6 +68,11 @@ class Trainer:
         metrics: MetricsLogger,
         reporter: Reporter,
         state_io: StateIO | None = None,
+        guard: NonFiniteGuard | None = None,
+        reload=None,
+        rebatch=None,
+        max_bad_samples: float = 1.0,
+        stop_at: int | None = None,
     ) -> None:
         self.step_module = step_module
         self.model = model
@@ -76,12 +89,19 @@ class Trainer:
         self.reporter = reporter
         self.state_io = state_io or StateIO()
         self.scaler = runtime.grad_scaler()
+        self.guard = guard or NonFiniteGuard(0, 1.0, 0, runtime.distributed)
+        self.guard.loss_only = self.scaler is not None
+        self.reload, self.rebatch = reload, rebatch
+        self.max_bad_samples = max_bad_samples
+        self.stop_at = max_steps if stop_at is None else min(stop_at, max_steps)  # the loop's end
+        self.skips: SkipCounter | None = None  # the stream's skipped-sample accounting, if it has one
         self.data_wait = 0.0  # seconds blocked waiting for the next batch since the last log
         self.samples_seen = 0  # samples of every rank since the last log (image rows of the batches)
 
     def training_state(self, state: TrainState) -> dict:
         """What a checkpoint needs to resume exactly; a collective in distributed runs (call it on
         every rank; only rank 0's result is complete)."""
+        self.guard.absorb()  # saving syncs anyway; the guard's counts must be exact
         rng = capture_rng_state()
         out = {
             "optimizer": self.state_io.optimizer_state(self.optimizer),
@@ -90,13 +110,21 @@ class Trainer:
             "step": state.step,
             "micro_batches": state.micro_batches,
             "world_size": self.rt.world_size,
+            "guard": self.guard.state_dict(),
         }
+        skips = self.skips.state_dict() if self.skips is not None else None
+        if skips is not None:
+            out["data_skips"] = skips
         if self.rt.distributed:
             import torch.distributed as dist
 
             gathered = [None] * self.rt.world_size if self.rt.is_main else None
             dist.gather_object(rng, gathered, dst=0)
             out["rng_ranks"] = gathered or []
+            if skips is not None:
+                gathered = [None] * self.rt.world_size if self.rt.is_main else None
+                dist.gather_object(skips, gathered, dst=0)
+                out["data_skips_ranks"] = gathered or []
         if self.scaler is not None:
             out["scaler"] = self.scaler.state_dict()
         return out
@@ -107,6 +135,7 @@ class Trainer:
         self.scheduler.load_state_dict(saved["scheduler"])
         if self.scaler is not None and "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
+        self.guard.load_state_dict(saved.get("guard") or {})
         return TrainState(int(saved["step"]), int(saved["micro_batches"]))
 
     def restore_rng(self, saved: dict) -> None:
@@ -170,28 +199,36 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         if self.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
-                norm = norm.full_tensor()
-            sums["grad_norm"] = norm.detach()
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
         else:
-            self.optimizer.step()
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+            norm = norm.full_tensor()
+        if self.grad_clip is not None:
+            sums["grad_norm"] = norm.detach()
+        # A non-finite loss or gradient: the step is skipped on the device and left out of the logs.
+        bad = self.guard.flag(sums["total"], norm)
+        keys = list(sums)
+        masked = torch.where(bad, 0.0, torch.stack([sums[k] for k in keys]))
+        sums = dict(zip(keys, masked.unbind(), strict=True))
+        sums["skipped_steps"] = bad.float()
+        self.guard.optimizer_step(self.optimizer, self.scaler, bad)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        self.guard.record(state.step, bad)
         return sums
 
     def fit(
         self, batches: Iterator[dict[str, torch.Tensor]], state: TrainState, run_dir: Path
     ) -> TrainResult:
         result = TrainResult(run_dir, state.step)
+        self.skips = batches if isinstance(batches, SkipCounter) else None
         window: dict[str, torch.Tensor] = {}
         window_steps, window_start = 0, time.perf_counter()
         last_saved = state.step
         try:
-            while state.step < self.max_steps:
+            while state.step < self.stop_at:
                 sums = self.train_step(batches, state)
                 for key, value in sums.items():
                     window[key] = window[key] + value if key in window else value
@@ -207,7 +244,20 @@ class Trainer:
                         result.first_loss = values["loss"]
                     result.last_loss = values["loss"]
                     window, window_steps, window_start = {}, 0, time.perf_counter()
-                if state.step % self.checkpoint_every == 0 or at_end:
+                    if self.skips is not None:  # after the line is logged: it shows the counts
+                        self.skips.check(*self._skip_totals, self.max_bad_samples)
+                checkpoint_due = state.step % self.checkpoint_every == 0 or at_end
+                if checkpoint_due:
+                    self.guard.absorb()  # the checkpoint syncs anyway: its guard state must be exact
+                target = self.guard.rollback_target(run_dir)
+                if target is not None:
+                    state, batches = self._roll_back(target, state)
+                    self.skips = batches if isinstance(batches, SkipCounter) else None
+                    result.history = [row for row in result.history if row["step"] <= state.step]
+                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                    last_saved = state.step
+                    continue
+                if checkpoint_due:
                     result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
                     last_saved = state.step
         except KeyboardInterrupt:
@@ -218,8 +268,30 @@ class Trainer:
         result.steps = state.step
         return result
 
+    def _roll_back(self, target: Path, state: TrainState):
+        """Back to checkpoint `target` with a lower learning rate (`training.guard`)."""
+        if self.reload is None or self.rebatch is None:
+            raise RuntimeError("this Trainer was built without reload/rebatch: it cannot roll back")
+        failed_at = self.guard.triggered_at
+        scale = self.guard.rolled_back()
+        live = self.guard.state_dict()
+        saved = self.reload(target)
+        saved = scale_learning_rate(saved, scale / float((saved.get("guard") or {}).get("lr_scale", 1.0)))
+        state = self.load_training_state(saved)
+        self.guard.load_state_dict(live)  # the run's own counts, not the checkpoint's
+        batches = self.rebatch(state, saved)
+        self.restore_rng(saved)  # after the loader exists: starting its workers draws from the global RNG
+        self.metrics.truncate_after(state.step)
+        self.reporter.warn(
+            f"step {failed_at}: {self.guard.rollback_after} steps in a row with a non-finite loss or gradient "
+            f"(skipped): rolled back to {target.name}, learning rate now x{scale:g} of the recipe's "
+            f"(roll-back {self.guard.rollbacks} of at most {self.guard.max_rollbacks})"
+        )
+        return state, batches
+
     def _flush(self, window: dict[str, torch.Tensor], steps: int, seconds: float) -> dict[str, float]:
-        """Mean of the window's logs: the only host-device sync, once per logged step."""
+        """Mean of the window's logs over its finite steps: the only host-device sync, once per
+        logged step (the guard's pending flags come back in the same transfer)."""
         keys = list(window)
         if self.rt.distributed:
             import torch.distributed as dist
@@ -228,8 +300,21 @@ class Trainer:
             dist.all_reduce(stacked)
             stacked /= self.rt.world_size
             window = dict(zip(keys, stacked.unbind(), strict=True))
-        host = torch.stack([window[k] for k in keys]).tolist()
-        values = {("loss" if k == "total" else k): v / steps for k, v in zip(keys, host, strict=True)}
+        flags = self.guard.pending()
+        host = torch.stack([window[k] for k in keys] + [f.float() for f in flags]).tolist()
+        self.guard.absorb(host[len(keys):])
+        sums = dict(zip(keys, host[: len(keys)], strict=True))
+        skipped = round(sums.pop("skipped_steps", 0.0))
+        good = steps - skipped
+        values = {("loss" if k == "total" else k): (v / good if good else float("nan")) for k, v in sums.items()}
+        if self.guard.skipped:  # from the first skipped step on (a quiet log until then)
+            values["skipped_steps"] = float(skipped)
+            values.update(self.guard.metrics())
+        if self.skips is not None:
+            read, counts = self.skips.totals(self.rt.device, self.rt.distributed)
+            if sum(counts.values()):
+                values.update(self.skips.metrics(read, counts))
+            self._skip_totals = (read, counts)
         if "video_batches" in values:  # a run mixing images and clips: per-media means
             share = values["video_batches"]
             values["loss_video"] = values["loss_video"] / share if share > 0 else float("nan")
