@@ -292,6 +292,24 @@ class OutputConfig(Section):
     keep_last: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
 
 
+class EvalConfig(Section):
+    """Evaluation during training: zero-shot ITC retrieval both ways and ITM accuracy on held-out
+    pairs, logged as `eval/...` in metrics.jsonl and TensorBoard; the best checkpoint by `best`
+    is kept in RUN/best/."""
+
+    every: int = Field(0, ge=0, description="Steps between evaluations (also at the end); 0 = none.")
+    data: str | None = Field(None, description="Data set (NAME or NAME:GROUP); default: the first of data.train.")
+    split: str = Field("val", description="Held-out split to evaluate on.")
+    images: int = Field(256, ge=2, description="Images (or clips) of the split used, from its start.")
+    best: str | None = Field(
+        "eval/ir_r1", description="Metric whose best value keeps a copy in RUN/best/ (higher is better); none: off."
+    )
+    pictures: bool = Field(
+        True, description="Also log a retrieval contact sheet and an attention heat map (TensorBoard images)."
+    )
+    seed: int = Field(0, description="Seed of the ITM negatives (the same pairs at every evaluation).")
+
+
 class LogConfig(Section):
     every: int = Field(10, ge=1, description="Steps between metric lines.")
     loggers: list[str] = Field(
@@ -336,6 +354,7 @@ class Recipe(Section):
     topology: TopologyConfig = TopologyConfig()
     output: OutputConfig = OutputConfig()
     log: LogConfig = LogConfig()
+    eval: EvalConfig = EvalConfig()
     task: TaskConfig | None = None
 
     @field_validator("objectives", mode="before")
@@ -360,6 +379,9 @@ class Recipe(Section):
             )
         if not self.enabled_objectives():
             raise ValueError("no objective has a weight above 0")
+        if self.eval.every and self.topology.strategy == "fsdp":
+            raise ValueError("eval.every: evaluation during training needs whole parameters on rank 0, "
+                             "which strategy = 'fsdp' shards; set eval.every = 0 or strategy = 'ddp'")  # fmt: skip
         return self
 
     def accumulation_steps(self) -> int:

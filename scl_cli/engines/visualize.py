@@ -55,7 +55,7 @@ def visualize(
         return VisualizeResult(out, [], len(shown))
     rows, words = [], []
     for t, frame in enumerate(shown):
-        global_map, pieces, piece_maps = caption_attention(scl, pixels[t], text)
+        global_map, pieces, piece_maps = caption_attention(scl.module, scl.tokenizer, pixels[t], text, scl.device, scl.dtype)
         words, word_maps = merge_words(pieces, piece_maps)
         label = f"frame {t + 1}" if len(shown) > 1 else "image"
         panels = [Panel(label, frame), Panel("global ([CLS])", frame, global_map)]

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from scl_cli.data.align_bench import Region
 from scl_cli.errors import DataError
-from scl_cli.inference import SCL
 from scl_cli.model.attention_maps import patch_maps, text_to_image_attention
 from scl_cli.model.preprocess import to_model_input
 
@@ -149,17 +148,18 @@ def score_image(
 
 
 @torch.inference_mode()
-def caption_attention(scl: SCL, pixels: torch.Tensor, caption: str) -> tuple[np.ndarray, list[str], np.ndarray]:
+def caption_attention(
+    model, tokenizer, pixels: torch.Tensor, caption: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[np.ndarray, list[str], np.ndarray]:
     """The maps of one image (uint8 [3, S, S], squashed to the model's size) and its caption:
     (global map [g, g], the caption's pieces [n], their maps [n, g, g]), heads maxed out."""
-    model, tok, device = scl.module, scl.tokenizer, scl.device
-    ids, mask = scl.tokenize([caption])
+    ids, mask = tokenizer.encode([caption], model.config.text.max_len)
     length = int(mask.sum())
     ids, mask = ids[:, :length].to(device), mask[:, :length].to(device)
-    image = model.encode_image(to_model_input(pixels[None, None].to(device)).to(scl.dtype))
+    image = model.encode_image(to_model_input(pixels[None, None].to(device)).to(dtype))
     probs = text_to_image_attention(model, model.embed_text(model.encode_text(ids, mask)), mask, model.embed_image(image))
     vision = model.config.vision
     maps = patch_maps(probs, 1, vision.image_size // vision.patch_size)[0, :, :, 0]  # [H, L, g, g]
     maps = maps.max(dim=0).values.double().cpu().numpy()  # heads maxed out: [L, g, g]
-    pieces = [tok.backend.id_to_token(int(i)) or "" for i in ids[0, 1 : length - 1]]
+    pieces = [tokenizer.backend.id_to_token(int(i)) or "" for i in ids[0, 1 : length - 1]]
     return maps[0], pieces, maps[1 : length - 1]

@@ -86,9 +86,26 @@ def save_checkpoint(
     ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
+    write_checkpoint_dir(final, step, model, config, training_state, extra_files, state_dict)
+    fsync_dir(ckpt_root)
+    _prune(ckpt_root, keep_last, keep=final)
+    return final
+
+
+def write_checkpoint_dir(
+    final: Path,
+    step: int,
+    model: nn.Module,
+    config: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+    extra_files: dict[str, Path] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write one checkpoint folder `final` atomically (replacing an older one of that name); the
+    arguments as `save_checkpoint`'s. Also for folders outside `checkpoints/` (a run's `best/`)."""
     if training_state is not None:
         check_plain(training_state, "training_state")
-    with atomic_directory(final, replace=True, durable=True) as tmp:
+    with atomic_directory(Path(final), replace=True, durable=True) as tmp:
         save_safetensors(state_dict if state_dict is not None else unwrap(model).state_dict(), tmp / MODEL_FILE)
         fsync_file(tmp / MODEL_FILE)
         header = {"format": FORMAT, "version": VERSION, "step": step}
@@ -101,9 +118,7 @@ def save_checkpoint(
         if training_state is not None:
             torch.save({"step": step, **training_state}, tmp / TRAINING_STATE_FILE)
             fsync_file(tmp / TRAINING_STATE_FILE)
-    fsync_dir(ckpt_root)
-    _prune(ckpt_root, keep_last, keep=final)
-    return final
+    return Path(final)
 
 
 def _prune(ckpt_root: Path, keep_last: int | None, keep: Path) -> None:

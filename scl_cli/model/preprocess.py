@@ -33,7 +33,9 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     device (after the cheap uint8 transfer); float images are taken as normalised already."""
     if images.dtype != torch.uint8:
         return images
-    if type(images) is not torch.Tensor:  # fake/functional tensors (estimates, tracing) must not fill the cache
-        return normalize(images)
-    mean, std = _clip_stats(images.device)
+    if type(images) is torch.Tensor:
+        mean, std = _clip_stats(images.device)
+    else:  # fake/functional tensors (estimates, tracing) must not fill the cache
+        mean = torch.tensor(CLIP_MEAN, device=images.device).view(3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=images.device).view(3, 1, 1)
     return (images.float() / 255 - mean) / std

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from scl_cli.config import Recipe
-from scl_cli.data.manifests import source_media
+from scl_cli.data.manifests import parse_source, source_media
 from scl_cli.data.skips import SkipCounter
 from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import TextTokenizer
@@ -19,6 +19,7 @@ from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_mode
 from scl_cli.reporting import NullReporter, Reporter
 from scl_cli.training.auto_batch import cuda_probe, resolve_micro_batch
 from scl_cli.training.checkpointing import reproduction_record, write_checkpoint_fn
+from scl_cli.training.evaluator import InTrainingEval
 from scl_cli.training.freeze import freeze_unreachable
 from scl_cli.training.guard import NonFiniteGuard
 from scl_cli.training.loggers import METRICS_FILE, MetricsLogger
@@ -164,6 +165,8 @@ def run_training(
             rebatch=rebatch,
             max_bad_samples=recipe.data.max_bad_samples,
             stop_at=stop_at,
+            evaluator=_evaluator(recipe, model, tokenizer, runtime, run_dir, datasets, split, group, config, files,
+                                 metrics, reporter, resuming=saved is not None),
         )  # fmt: skip
         if saved is not None:
             state = trainer.load_training_state(saved)
@@ -178,6 +181,23 @@ def run_training(
             metrics.close()
             for counter in loaders:
                 counter.close()
+
+
+def _evaluator(
+    recipe: Recipe, model: Any, tokenizer: TextTokenizer, runtime: Runtime, run_dir: Path, datasets: list[str],
+    split: str, group: str, config: dict, files: dict, metrics: MetricsLogger, reporter: Reporter, resuming: bool,
+) -> InTrainingEval | None:  # fmt: skip
+    """The recipe's evaluation during training (`[eval]`), on the held-out split of its data set."""
+    cfg = recipe.eval
+    if cfg.every == 0:
+        return None
+    dataset = cfg.data or datasets[0]
+    if ":" not in dataset and group != "splits":
+        dataset = f"{dataset}:{group}"
+    name, eval_group = parse_source(dataset)
+    frames = recipe.data.num_frames if "video" in source_media(recipe.data.root, [name], cfg.split, eval_group) else 1
+    return InTrainingEval(cfg, model, tokenizer, runtime, run_dir, recipe.data.root, dataset, frames, config, files,
+                          metrics, reporter, resuming)  # fmt: skip
 
 
 def _skip_state(saved: dict | None, rank: int, workers: int, sources: int) -> dict | None:

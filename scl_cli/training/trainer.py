@@ -73,6 +73,7 @@ class Trainer:
         rebatch=None,
         max_bad_samples: float = 1.0,
         stop_at: int | None = None,
+        evaluator=None,
     ) -> None:
         self.step_module = step_module
         self.model = model
@@ -93,6 +94,7 @@ class Trainer:
         self.guard.loss_only = self.scaler is not None
         self.reload, self.rebatch = reload, rebatch
         self.max_bad_samples = max_bad_samples
+        self.evaluator = evaluator  # evaluation during training (`training.evaluator`), or None
         self.stop_at = max_steps if stop_at is None else min(stop_at, max_steps)  # the loop's end
         self.skips: SkipCounter | None = None  # the stream's skipped-sample accounting, if it has one
         self.data_wait = 0.0  # seconds blocked waiting for the next batch since the last log
@@ -234,8 +236,11 @@ class Trainer:
                     window[key] = window[key] + value if key in window else value
                 window_steps += 1
                 at_end = state.step == self.max_steps
-                if state.step % self.log_every == 0 or at_end or state.step == 1:
+                eval_due = self.evaluator is not None and self.evaluator.due(state.step, at_end)
+                if state.step % self.log_every == 0 or at_end or state.step == 1 or eval_due:
                     values = self._flush(window, window_steps, time.perf_counter() - window_start)
+                    if eval_due:  # on the same metrics line as the step's losses
+                        values.update(self.evaluator(state.step))
                     values["step"] = state.step
                     self.metrics.log(state.step, {k: v for k, v in values.items() if k != "step"})
                     self.reporter.step_status(state.step, self.max_steps, values)

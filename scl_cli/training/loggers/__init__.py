@@ -1,6 +1,7 @@
 """Where training metrics go. Every run writes `RUN/metrics.jsonl` (`jsonl`); `log.loggers` names
 the others (`tensorboard` built in). A logger is one class with `log(step, values)`,
-`truncate_after(step)` (resuming at `step`) and `close()`, constructed with the run folder, and
+`truncate_after(step)` (resuming at `step`) and `close()` (and, to show pictures,
+`log_image(step, name, array)`), constructed with the run folder, and
 made known by an entry point in the `scl_cli.loggers` group (or `register_logger` in-process):
 adding one touches no trainer code."""
 
@@ -59,6 +60,16 @@ class MetricsLogger:
         numbers = {name: _to_float(value) for name, value in values.items()}
         for sink in self.sinks:
             sink.log(step, numbers)
+
+    def log_images(self, step: int, images: dict[str, Any]) -> None:
+        """Pictures (uint8 arrays [H, W, 3]) for the loggers that show them (`log_image`)."""
+        if not self.enabled:
+            return
+        for sink in self.sinks:
+            log_image = getattr(sink, "log_image", None)
+            if log_image is not None:
+                for name, image in images.items():
+                    log_image(step, name, image)
 
     def truncate_after(self, step: int) -> None:
         for sink in self.sinks:

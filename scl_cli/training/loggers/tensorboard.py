@@ -26,6 +26,13 @@ class TensorBoardLogger:
             writer.add_scalar(name, value, step)
         writer.flush()
 
+    def log_image(self, step: int, name: str, image: Any) -> None:
+        """An RGB uint8 array [H, W, 3] as a TensorBoard image."""
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            writer.add_image(name, image, step, dataformats="HWC")
+            writer.flush()
+
     def truncate_after(self, step: int) -> None:
         # purge_step hides the events of an interrupted run beyond the resumed step.
         self.close()
