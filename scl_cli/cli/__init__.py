@@ -9,6 +9,13 @@ from scl_cli.cli import bench, data, doctor, evaluate, figures, plots, search, s
 from scl_cli.cli.app import app
 from scl_cli.errors import SclError
 
+# `scl --help` lists the commands in the order of the pipeline, not of the modules' imports.
+PIPELINE = ("prepare", "pretrain", "finetune", "eval", "index", "retrieve", "serve", "push", "plot",
+            "visualize", "align", "convert", "doctor")  # fmt: skip
+app.registered_commands.sort(
+    key=lambda c: PIPELINE.index(c.name or c.callback.__name__) if (c.name or c.callback.__name__) in PIPELINE else 99
+)
+
 
 def main() -> None:
     """Console entry point: user errors become one line and an exit code, never a traceback."""
