@@ -215,7 +215,10 @@ def _check_same_start(step: int, runtime: Runtime, run_dir: Path) -> None:
 def _lost_contact(err: RuntimeError, runtime: Runtime, run_dir: Path) -> TrainingError:
     first = re.sub(r"^\[[^\]]*\] ", "", " ".join(str(err).split())).split(". ")[0][:200]  # gloo's file:line
     newest = latest_checkpoint(run_dir) if Path(run_dir).exists() else None
-    resume = f"the newest checkpoint is {newest.name}" if newest is not None else "no checkpoint was written yet"
+    if newest is not None:
+        resume = f"the newest checkpoint is {newest.name}"
+    else:
+        resume = "rank 0 writes the checkpoints (output.dir on node 0)" if runtime.rank else "no checkpoint was written yet"
     return TrainingError(
         f"rank {runtime.rank} of {runtime.world_size}: lost contact with the other processes of the run — a node "
         f"or process stopped, or the network failed ({first}); {resume}: start every node again with --resume"
