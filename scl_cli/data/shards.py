@@ -192,6 +192,8 @@ def read_manifest(dataset_dir: Path | str) -> dict[str, Any]:
         try:
             text = remote.read_bytes(url).decode("utf-8")
         except remote.RemoteError as err:
+            if err.status != 404 and "not found" not in str(err):
+                raise
             raise remote.RemoteError(err.url, f"{str(err).split(': ', 1)[1]} — {_prepare_hint(dataset_dir)}",
                                      err.transient, err.status) from None  # fmt: skip
         except UnicodeDecodeError as err:
