@@ -145,7 +145,9 @@ class ShardReading:
     cache: ShardCache | None = None
 
     @classmethod
-    def from_settings(cls, retries: int, timeout: float, cache_dir: Path | None, cache_size_gb: float) -> ShardReading:
+    def from_settings(
+        cls, retries: int, timeout: float, cache_dir: Path | None, cache_size_gb: float
+    ) -> ShardReading:
         cache = ShardCache(Path(cache_dir), int(cache_size_gb * 1e9)) if cache_dir is not None else None
         return cls(remote.RetryPolicy(retries, timeout), cache)
 
@@ -168,6 +170,8 @@ class ShardReading:
 def configure_remote(data: Any) -> ShardReading:
     """From a recipe's `[data]`: make its `read_retries`/`read_timeout` this process's policy for
     reads behind URLs (manifests, tokenizers), and return how the loader reads shards."""
-    reading = ShardReading.from_settings(data.read_retries, data.read_timeout, data.cache_dir, data.cache_size_gb)
+    reading = ShardReading.from_settings(
+        data.read_retries, data.read_timeout, data.cache_dir, data.cache_size_gb
+    )
     remote.configure(reading.policy)
     return reading

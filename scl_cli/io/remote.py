@@ -28,12 +28,26 @@ from scl_cli.errors import DataError
 BACKOFF_MAX = 8.0
 CHUNK = 1 << 20
 # Packages of the protocols users ask for most, and the extra that installs each.
-PROTOCOL_PACKAGES = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
+PROTOCOL_PACKAGES = {
+    "s3": ("s3fs", "s3"),
+    "s3a": ("s3fs", "s3"),
+    "gs": ("gcsfs", "gcs"),
+    "gcs": ("gcsfs", "gcs"),
+}
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _TRANSIENT_NAMES = ("Timeout", "Connection", "Protocol", "IncompleteRead", "Throttl", "SlowDown",
                     "ServiceUnavailable", "ResponseStreaming", "EndpointConnection", "RemoteDisconnected")  # fmt: skip
 
-__all__ = ["RemoteError", "RetryPolicy", "basename", "configure", "is_url", "join", "open_stream", "read_bytes"]
+__all__ = [
+    "RemoteError",
+    "RetryPolicy",
+    "basename",
+    "configure",
+    "is_url",
+    "join",
+    "open_stream",
+    "read_bytes",
+]
 
 
 class RemoteError(DataError):
@@ -119,13 +133,20 @@ class _HTTPStore:
     def __init__(self, timeout: float) -> None:
         import urllib3
 
-        retry = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False)
+        retry = urllib3.Retry(
+            total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_status=False
+        )
         self.pool = urllib3.PoolManager(
-            num_pools=8, maxsize=8, retries=retry, timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout)
+            num_pools=8,
+            maxsize=8,
+            retries=retry,
+            timeout=urllib3.Timeout(connect=min(timeout, 30.0), read=timeout),
         )
 
     def _get(self, url: str, headers: dict[str, str] | None = None) -> Any:
-        response = self.pool.request("GET", url, headers=headers or {}, preload_content=False, decode_content=False)
+        response = self.pool.request(
+            "GET", url, headers=headers or {}, preload_content=False, decode_content=False
+        )
         if response.status >= 400:
             reason = response.reason or ""
             response.release_conn()
@@ -197,7 +218,9 @@ class _FsspecStore:
             package, extra = PROTOCOL_PACKAGES.get(protocol, (None, None))
             hint = (f"pip install 'scl-cli[{extra}]' (or {package})" if package
                     else f"install the fsspec implementation of '{protocol}://'")  # fmt: skip
-            raise RemoteError(url, f"cannot read '{protocol}://' URLs here ({_one_line(err)}) — {hint}") from None
+            raise RemoteError(
+                url, f"cannot read '{protocol}://' URLs here ({_one_line(err)}) — {hint}"
+            ) from None
 
     def open(self, url: str, offset: int) -> Any:
         f = self.fs.open(url, "rb")
@@ -280,8 +303,10 @@ def describe(err: BaseException) -> str:
         return f"access denied ({_one_line(err)}) — check the credentials and the bucket's permissions"
     name = type(err).__name__
     if "Credential" in name:
-        return f"no credentials ({_one_line(err)}) — set them as the storage library expects (e.g. AWS_* or " \
-               "GOOGLE_APPLICATION_CREDENTIALS)"
+        return (
+            f"no credentials ({_one_line(err)}) — set them as the storage library expects (e.g. AWS_* or "
+            "GOOGLE_APPLICATION_CREDENTIALS)"
+        )
     return f"{name}: {_one_line(err)}"
 
 
@@ -377,7 +402,9 @@ def open_stream(url: str, policy: RetryPolicy | None = None) -> RetryingStream:
     return RetryingStream(url, policy)
 
 
-def upload_tree(local: Path, url: str, last: tuple[str, ...] = (), policy: RetryPolicy | None = None) -> tuple[int, int]:
+def upload_tree(
+    local: Path, url: str, last: tuple[str, ...] = (), policy: RetryPolicy | None = None
+) -> tuple[int, int]:
     """Mirror folder `local` to `url`: every file whose remote copy is missing or of another size is
     uploaded (so a re-run after an interruption sends only what is left); the files named in `last`
     are deleted remotely first and uploaded at the end, so the remote folder never shows them

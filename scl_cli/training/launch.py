@@ -331,9 +331,10 @@ def _launch(plan: LaunchPlan, topo: TopologyConfig, launch_args: list[str], run_
                 "with --resume", err.exit_code,
             ) from None  # fmt: skip
         raise
+    stopped = outcome.stop_requested or outcome.stopped_ranks > 0  # SIGTERM here, or to the ranks directly
     if plan.node_rank != 0:
         reporter.info(f"node {plan.node_rank} of {plan.nnodes}: done (node 0 writes the checkpoints and metrics)")
-        return TrainResult(run_dir, 0, stopped_by_signal=outcome.stop_requested)
+        return TrainResult(run_dir, 0, stopped_by_signal=stopped)
     result = result_from_run(run_dir)
-    result.stopped_by_signal = outcome.stop_requested
+    result.stopped_by_signal = stopped
     return result
