@@ -164,10 +164,14 @@ def _plan(topology: TopologyConfig, env: Mapping[str, str]) -> LaunchPlan:
     return LaunchPlan(nodes, per_node, None, env.get("MASTER_ADDR"), port)
 
 
-def torchrun_command(plan: LaunchPlan, cli_args: list[str], node_rank: int | None = None) -> list[str]:
-    """`python -m torch.distributed.run <torchrun args> -m scl_cli.cli <cli_args>`."""
+def torchrun_command(
+    plan: LaunchPlan, cli_args: list[str], node_rank: int | None = None, by_launcher: bool = True
+) -> list[str]:
+    """`python -m torch.distributed.run <torchrun args> -m scl_cli.cli <cli_args>`; `by_launcher`:
+    started by `run_torchrun` (SIGTERM ignored), so torchrun is told to leave SIGTERM alone."""
+    signals = _signal_args() if by_launcher else []
     return [
-        sys.executable, "-m", "torch.distributed.run", *plan.torchrun_args(node_rank), *_signal_args(),
+        sys.executable, "-m", "torch.distributed.run", *plan.torchrun_args(node_rank), *signals,
         "-m", "scl_cli.cli", *cli_args,
     ]  # fmt: skip
 
@@ -187,7 +191,7 @@ def _signal_args() -> list[str]:
 
 def per_node_commands(plan: LaunchPlan, cli_args: list[str]) -> list[str]:
     """The shell command to start on each node, node 0 first (it hosts the rendezvous)."""
-    return [shlex.join(torchrun_command(plan, cli_args, rank)) for rank in range(plan.nnodes)]
+    return [shlex.join(torchrun_command(plan, cli_args, rank, by_launcher=False)) for rank in range(plan.nnodes)]
 
 
 @dataclass
@@ -205,8 +209,8 @@ def run_torchrun(command: list[str], control: Path | None = None) -> TorchrunOut
     """Run torchrun in the foreground and wait. SIGTERM to this process writes `stop` in the
     node's `control` folder: every rank finishes its step and the run writes a checkpoint
     (`training.preemption`); torchrun itself ignores SIGTERM. Ctrl-C reaches torchrun directly
-    through the terminal's process group. Raises `LaunchError` when torchrun fails, unless a
-    SIGTERM stopped every rank of this node cleanly."""
+    through the terminal's process group. Raises `LaunchError` when torchrun fails, unless the
+    ranks of this node stopped cleanly after a SIGTERM (each left `stopped-RANK` in `control`)."""
     own = control is None
     control = Path(tempfile.mkdtemp(prefix="scl-node-")) if control is None else control
     env = {**os.environ, LAUNCHED_ENV: "1", CONTROL_ENV: str(control)}
