@@ -70,6 +70,32 @@ def _wait_for(path: Path, proc: subprocess.Popen, lines: int = 0) -> None:
         time.sleep(0.01)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc): what a scheduler signals when it stops a job."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _terminate_all(pid: int) -> None:
+    """SIGTERM to `pid` and all its descendants (launcher, torchrun, ranks, loader workers)."""
+    for target in [pid, *_descendants(pid)]:
+        try:
+            os.kill(target, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="module")
 def straight(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted one-node, two-process run every other run here is compared with."""
@@ -169,8 +195,8 @@ def test_sigterm_stops_every_rank_with_one_checkpoint_and_resumes_exactly(
     args = ["pretrain", str(RECIPES / "tiny.toml"), *tiny_overrides(shapes_root, run, steps=STEPS, **TWO_CPU_PROCESSES)]
     launcher = _start(args, tmp_path / "log")
     _wait_for(run / "metrics.jsonl", launcher, lines=1)
-    # what SLURM does on preemption, to the launcher's session: the launcher and torchrun
-    os.killpg(launcher.pid, signal.SIGTERM)
+    # what SLURM does on preemption: SIGTERM to every process of the job (torchrun ignores it)
+    _terminate_all(launcher.pid)
     code = launcher.wait(timeout=300)
     log = (tmp_path / "log").read_text()
     assert code == 0, log
@@ -184,6 +210,19 @@ def test_sigterm_stops_every_rank_with_one_checkpoint_and_resumes_exactly(
     assert resumed.returncode == 0, resumed.stderr
     worst = _worst(straight, run)
     assert worst < 1e-5, worst
+
+
+def test_sigterm_to_every_process_of_a_one_process_run_with_loader_workers(shapes_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    sets = tiny_overrides(shapes_root, run, steps=40, **{"topology.device": '"cpu"', "data.num_workers": 2})
+    proc = _start(["pretrain", str(RECIPES / "tiny.toml"), *sets], tmp_path / "log")
+    _wait_for(run / "metrics.jsonl", proc, lines=1)
+    _terminate_all(proc.pid)  # the loader workers too: they leave the stop to the training process
+    code = proc.wait(timeout=300)
+    log = (tmp_path / "log").read_text()
+    assert code == 0, log
+    done = list_checkpoints(run)
+    assert done and int(done[-1].name.split("-")[1]) < 40 and "stopped by SIGTERM: checkpoint" in log
 
 
 def test_too_few_shards_for_the_ranks_is_caught_before_launch(

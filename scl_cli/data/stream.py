@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,14 @@ class TrainStream(IterableDataset):
             position += 1
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """In each loader worker: SIGTERM, which a scheduler sends to every process of a job it stops,
+    is left to the training process (it finishes the step and writes a checkpoint first, see
+    `training.preemption`); the worker ends when that process shuts the loader down or dies.
+    (torch's own worker handler would exit, and the next batch would fail.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_train_loader(
     data_root: Path | str,
     datasets: list[str],
@@ -264,6 +273,7 @@ def build_train_loader(
         stream,
         batch_size=None,
         num_workers=num_workers,
+        worker_init_fn=ignore_sigterm if num_workers > 0 else None,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
