@@ -180,6 +180,21 @@ def logged_mean(total: Tensor, count: Tensor) -> Tensor:
     return all_reduce_sum(total.detach()) / all_reduce_sum(count.detach()).to(total.dtype).clamp(min=1)
 
 
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport",
+              "NCCL communicator", "NCCL error", "Timed out waiting", "timed out", "Socket Timeout",
+              "ProcessGroupGloo", "DistNetworkError", "DistBackendError")  # fmt: skip
+
+
+def is_communication_error(err: BaseException) -> bool:
+    """True for the errors a collective raises when another process of the group is gone (its node
+    died or was killed, the network failed) or did not answer within the collective timeout."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(err, dist_error):
+        return True
+    text = f"{type(err).__name__}: {err}"
+    return any(marker in text for marker in _LOST_PEER)
+
+
 def barrier() -> None:
     """Wait for every rank; nothing in one process."""
     if is_dist():

@@ -21,8 +21,15 @@ def prepare(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", help="Root folder; the data set is written to OUT/NAME/.")
-    ] = Path("data"),
+        str,
+        typer.Option("--out", help="Root folder or URL (s3://, gs://, any fsspec protocol that writes); the data "
+                     "set is written to OUT/NAME/ (for a URL: prepared in --staging, then uploaded)."),
+    ] = "data",
+    staging: Annotated[
+        Path | None,
+        typer.Option("--staging", help="With --out URL: the local folder it is prepared in first (kept, so that a "
+                     "re-run resumes; default: under ~/.cache/scl/staging/)."),
+    ] = None,
     source: Annotated[
         list[Path] | None,
         typer.Option("--source", help="The official download: a folder or file (repeatable; see README)."),
@@ -78,22 +85,33 @@ def prepare(
         "images": images, "seed": seed, "workers": workers, "clips": clips,
     }  # fmt: skip
     options = {key: value for key, value in given.items() if value not in (None, [])}
+    from scl_cli.config.location import is_url
+
+    if staging is not None and not is_url(out):
+        from scl_cli.errors import UsageError
+
+        raise UsageError("--staging goes with an --out URL (a local --out is written in place)")
+    target = out if is_url(out) else Path(out)
     reporter = make_reporter(force_plain=plain)
     try:
         with StageProgress(reporter) as progress:
-            summary = prepare_engine(name, out, progress=progress, **options)
+            summary = prepare_engine(name, target, staging=staging, progress=progress, **options)
     except KeyboardInterrupt:
         if name != "shapes":
             reporter.warn("interrupted: finished shards are kept; run the same command again to resume")
         raise
     rows = [["images", split, n] for split, n in summary.splits.items()]
     rows += [[group, split, n] for group, counts in summary.tasks.items() for split, n in counts.items()]
-    reporter.table(f"{name} -> {summary.path} ({summary.seconds:.1f} s)", ["part", "split", "samples"], rows)
+    where = summary.location or summary.path
+    reporter.table(f"{name} -> {where} ({summary.seconds:.1f} s)", ["part", "split", "samples"], rows)
     totals = [["read", summary.read], ["written", summary.written]]
     totals += [[f"skipped {what}: {reason}", n] for what, reasons in summary.skipped_by_what.items()
                for reason, n in reasons.items()]  # fmt: skip
     totals += [["resumed shards", summary.resumed_shards]] if summary.resumed_shards else []
     totals += [["time (s)", round(summary.seconds, 1)], ["images/s", round(summary.images_per_s, 1)]]
+    if summary.location:
+        totals += [["staged in", str(summary.path)], ["files uploaded", summary.uploaded[0]],
+                   ["files already uploaded", summary.uploaded[1]]]  # fmt: skip
     reporter.table(f"{name}: summary", ["", "count"], totals)
     for warning in summary.warnings:
         reporter.warn(warning)

@@ -98,7 +98,12 @@ def pretrain(
     launch_args += ["--resume"] * resume + ["--plain"] * plain
     result = pretrain_engine(loaded, resume=resume, reporter=reporter, launch_args=launch_args)
     # One summary: from the launcher, or from rank 0 of a run started by torchrun/srun directly.
-    if result.first_loss is not None and is_main_process() and not launched_by_scl():
+    if not is_main_process() or launched_by_scl():
+        return
+    if result.stopped_by_signal:
+        reporter.info(f"stopped by SIGTERM: checkpoint {result.last_checkpoint}; continue with the same command "
+                      "and --resume")  # fmt: skip
+    elif result.first_loss is not None:
         reporter.info(
             f"finished step {result.steps}: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
             f"checkpoint {result.last_checkpoint}"
@@ -133,7 +138,10 @@ def finetune(
     if not is_main_process() or launched_by_scl():
         return  # the launcher (or rank 0 of a run started by torchrun directly) sums the run up
     train = result.train
-    if train.first_loss is not None:
+    if train.stopped_by_signal:
+        reporter.info(f"stopped by SIGTERM: checkpoint {train.last_checkpoint}; continue with the same command "
+                      "and --resume (it evaluates at the end)")  # fmt: skip
+    elif train.first_loss is not None:
         reporter.info(f"finished step {train.steps}: loss {train.first_loss:.4f} -> {train.last_loss:.4f}; "
                       f"checkpoint {train.last_checkpoint}")  # fmt: skip
     if result.evaluation is not None:

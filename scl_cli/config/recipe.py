@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from scl_cli.config.location import Location
 from scl_cli.config.objectives import validate_objectives
 
 
@@ -23,10 +24,16 @@ class Section(BaseModel):
 
 # ----------------------------------------------------------------------------- data
 class DataConfig(Section):
-    root: Path = Field(
-        Path("data"), description="Folder holding prepared data sets, one sub-folder per name."
+    root: Location = Field(
+        Path("data"),
+        description="Folder or URL (https://, s3://, gs://, any fsspec protocol) holding prepared data sets, "
+        "one sub-folder per name. Shards behind a URL are streamed.",
     )
-    train: list[str] = Field(["shapes"], description="Pre-training data sets (names under data.root).")
+    train: list[str] = Field(
+        ["shapes"],
+        description="Pre-training data sets: names under data.root, or a data set's own folder or URL "
+        "('NAME:GROUP' reads a manifest group such as 'shapes:clips').",
+    )
     weights: list[float] | None = Field(None, description="Sampling weight per data set (default: by size).")
     split: str = Field("train", description="Split read for training.")
     num_workers: int = Field(2, ge=0, description="Loader worker processes per device.")
@@ -45,6 +52,18 @@ class DataConfig(Section):
         description="Share of the samples read that may be skipped as undecodable (corrupt image, truncated "
         "shard, unreadable clip; counted per reason in the metrics) before the run stops (judged once 10 "
         "samples were skipped).",
+    )
+    read_retries: int = Field(
+        5, ge=0, description="Retries of a failed read from a URL (exponential back-off from 0.25 s), counted "
+        "in the metrics as read_retries; a shard still unreadable after them is skipped as bad samples.",
+    )
+    read_timeout: float = Field(60.0, gt=0, description="Seconds a read from a URL may wait for data.")
+    cache_dir: Path | None = Field(
+        None, description="Local folder keeping shards read from a URL, for the next epochs and runs "
+        "(none: stream them again every epoch). Safe to share between loader workers, processes and runs.",
+    )
+    cache_size_gb: float = Field(
+        50.0, gt=0, description="Most the shard cache holds; the least recently used shards go first."
     )
 
     @field_validator("train", mode="before")
@@ -276,6 +295,14 @@ class TopologyConfig(Section):
     )
     activation_checkpointing: bool = Field(
         False, description="Recompute layer activations in backward: less memory for larger batches."
+    )
+    collective_timeout: float = Field(
+        1800.0, ge=1, description="Seconds a process waits in a collective (all-reduce, barrier) for the others "
+        "before the run stops with an error naming the lost process (a node that died without closing its "
+        "connections).",
+    )
+    rendezvous_timeout: float = Field(
+        600.0, ge=1, description="Seconds each node of a multi-node run waits for the others to start."
     )
 
     @property

@@ -3,8 +3,8 @@
 A batcher works in two stages, `prepare(item)` per sample and `combine(prepared)` per batch, so
 that the training stream can skip a sample that cannot be decoded and take the next one without
 decoding the rest of the batch again: `prepare` raises `BadSample` with a reason (one of
-`SKIP_REASONS`) for a corrupt image, an unreadable clip, a member lost to a truncated shard or a
-record without captions; other errors are bugs and propagate.
+`SKIP_REASONS`) for a corrupt image, an unreadable clip, a member lost to a truncated shard (or to
+a shard behind a URL that could not be read even after its retries) or a record without captions; other errors are bugs and propagate.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from scl_cli.data.video import VideoError, decode_clip, is_video_member
 from scl_cli.errors import DataError
 
 SKIP_REASONS = ("corrupt_image", "truncated_image", "unreadable_video", "empty_video", "truncated_shard",
-                "bad_record")  # fmt: skip
+                "bad_record", "unreadable_shard")  # fmt: skip
 ERROR_KEY = "__error__"  # a placeholder sample for a member the shard lost (see data.sampling)
 
 

@@ -24,8 +24,10 @@ import numpy as np
 
 from scl_cli.data.collate import ERROR_KEY
 from scl_cli.data.manifests import Shard
+from scl_cli.data.shard_cache import ShardReading
 from scl_cli.data.shards import MANIFEST, iter_tar_samples
 from scl_cli.errors import DataError
+from scl_cli.io import remote
 
 MIX_BLOCK = 4096  # data set choices are drawn this many positions at a time
 
@@ -75,9 +77,11 @@ class SlotReader:
     """Endless raw samples of one data set for one (rank, worker) slot, resumable at any count."""
 
     def __init__(
-        self, shards: list[Shard], seed: int, source: int, rank: int, worker: int, buffer: int
-    ) -> None:
+        self, shards: list[Shard], seed: int, source: int, rank: int, worker: int, buffer: int,
+        reading: ShardReading | None = None,
+    ) -> None:  # fmt: skip
         self.shards = shards
+        self.reading = reading  # how shards behind URLs are read (retries, cache)
         self.tag = f"scl-loader/{seed}/{source}/{rank}/{worker}"
         self.buffer = buffer
         self.epoch_samples = sum(s.samples for s in shards)
@@ -100,7 +104,7 @@ class SlotReader:
         remaining = order[offset:]
         if not remaining:
             return
-        inputs = self._read_from(shards, min(remaining))
+        inputs = self._read_from(shards, min(remaining), self.reading)
         held: dict[int, tuple[dict[str, Any], int]] = {}
         for position in remaining:
             while position not in held:
@@ -110,27 +114,34 @@ class SlotReader:
             yield held.pop(position)
 
     @staticmethod
-    def _read_from(shards: list[Shard], first: int) -> Iterator[tuple[int, dict[str, Any], int]]:
+    def _read_from(
+        shards: list[Shard], first: int, reading: ShardReading | None = None
+    ) -> Iterator[tuple[int, dict[str, Any], int]]:
         """(epoch position, raw sample, global index) in reading order, from position `first`.
 
         A shard that ends early (truncated) or breaks mid-way (a damaged tar) gives, for each sample
         it lost, a placeholder `{"__key__", "__error__": "truncated_shard"}` in its place: the
-        positions stay where the manifest put them, and the batcher skips the placeholders."""
+        positions stay where the manifest put them, and the batcher skips the placeholders. A shard
+        behind a URL that cannot be read even after the retries does the same with
+        "unreadable_shard"."""
         start = 0
         for shard in shards:
             end = start + shard.samples
             if end > first:
                 count = max(0, first - start)
+                reason = "truncated_shard"
                 try:
-                    for sample in iter_tar_samples(shard.path, skip=count):
+                    for sample in iter_tar_samples(shard.path, count, reading, shard.sha256):
                         if count == shard.samples:
                             raise _count_mismatch(shard)
                         yield start + count, sample, shard.first_index + count
                         count += 1
+                except remote.RemoteError:
+                    reason = "unreadable_shard"  # after its retries: the rest of the shard is lost
                 except (tarfile.TarError, OSError, EOFError):
                     pass  # the rest of this shard is lost; its positions become placeholders
                 while count < shard.samples:
-                    lost = {"__key__": f"{shard.path.name}#{count}", ERROR_KEY: "truncated_shard"}
+                    lost = {"__key__": f"{remote.basename(shard.path)}#{count}", ERROR_KEY: reason}
                     yield start + count, lost, shard.first_index + count
                     count += 1
             start = end

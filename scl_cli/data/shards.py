@@ -18,7 +18,9 @@ from typing import Any, BinaryIO
 
 from webdataset import TarWriter
 
+from scl_cli.data.shard_cache import ShardReading
 from scl_cli.errors import DataError
+from scl_cli.io import remote
 from scl_cli.io.atomic import atomic_write_json
 from scl_cli.io.fingerprint import sha256_file
 
@@ -120,33 +122,52 @@ class ShardWriter:
         self._tar = self._file = self._hashing = self._path = None
 
 
-def iter_tar_samples(path: Path, skip: int = 0) -> Iterator[dict[str, Any]]:
+def iter_tar_samples(
+    path: Path | str, skip: int = 0, reading: ShardReading | None = None, sha256: str | None = None
+) -> Iterator[dict[str, Any]]:
     """Samples of one shard in stored order: `{"__key__": key, ext: bytes, ...}`.
 
-    The first `skip` samples are passed over without reading their data (headers only).
-    Members are grouped by the file name up to its first dot, as WebDataset does.
+    The first `skip` samples are passed over without reading their data (headers only; a shard
+    streamed from a URL reads past them). Members are grouped by the file name up to its first dot,
+    as WebDataset does. `path` may be a URL: the shard is streamed with retries (`reading`, and
+    its cache; `sha256` is the manifest's checksum), and a read that still fails raises
+    `io.remote.RemoteError`.
     """
-    with tarfile.open(path, "r:") as tar:
-        sample: dict[str, Any] | None = None
-        seen = 0
-        while (member := tar.next()) is not None:
-            # Dropping the member list keeps memory flat on long shards.
-            tar.members = []
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if sample is None or key != sample["__key__"]:
-                if sample is not None:
-                    if seen >= skip:
-                        yield sample
-                    seen += 1
-                sample = {"__key__": key}
-            if seen >= skip:
-                f = tar.extractfile(member)
-                assert f is not None
-                sample[ext] = f.read()
-        if sample is not None and seen >= skip:
-            yield sample
+    if not remote.is_url(path):
+        with tarfile.open(path, "r:") as tar:
+            yield from _tar_samples(tar, skip)
+        return
+    source, seekable = (reading or ShardReading(remote.default_policy())).open(str(path), sha256)
+    try:
+        with tarfile.open(fileobj=source, mode="r:" if seekable else "r|") as tar:
+            yield from _tar_samples(tar, skip)
+        if hasattr(source, "finish"):
+            source.finish()  # the rest of the stream (tar padding) and the cache entry
+    finally:
+        source.close()
+
+
+def _tar_samples(tar: tarfile.TarFile, skip: int) -> Iterator[dict[str, Any]]:
+    sample: dict[str, Any] | None = None
+    seen = 0
+    while (member := tar.next()) is not None:
+        # Dropping the member list keeps memory flat on long shards.
+        tar.members = []
+        if not member.isfile():
+            continue
+        key, _, ext = member.name.partition(".")
+        if sample is None or key != sample["__key__"]:
+            if sample is not None:
+                if seen >= skip:
+                    yield sample
+                seen += 1
+            sample = {"__key__": key}
+        if seen >= skip:
+            f = tar.extractfile(member)
+            assert f is not None
+            sample[ext] = f.read()
+    if sample is not None and seen >= skip:
+        yield sample
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -155,13 +176,29 @@ def write_manifest(dataset_dir: Path, manifest: dict[str, Any]) -> Path:
     return atomic_write_json(Path(dataset_dir) / MANIFEST, manifest)
 
 
-def _prepare_hint(dataset_dir: Path) -> str:
+def _prepare_hint(dataset_dir: Path | str) -> str:
+    if remote.is_url(dataset_dir):
+        return f"check data.root / the data set's URL, or run `scl prepare {remote.basename(dataset_dir)} --out {remote.parent(dataset_dir)}`"
+    dataset_dir = Path(dataset_dir)
     return f"run `scl prepare {dataset_dir.name} --out {dataset_dir.parent}`"
 
 
-def read_manifest(dataset_dir: Path) -> dict[str, Any]:
-    """The parsed `manifest.json` of a prepared data set; `DataError` naming the file when it is
-    missing, unreadable or lacks `splits`."""
+def read_manifest(dataset_dir: Path | str) -> dict[str, Any]:
+    """The parsed `manifest.json` of a prepared data set (a folder or a URL); `DataError` naming the
+    file when it is missing, unreadable or lacks `splits` (`io.remote.RemoteError` naming the URL
+    and what failed for one behind a URL)."""
+    if remote.is_url(dataset_dir):
+        url = str(remote.join(dataset_dir, MANIFEST))
+        try:
+            text = remote.read_bytes(url).decode("utf-8")
+        except remote.RemoteError as err:
+            if err.status != 404 and "not found" not in str(err):
+                raise
+            raise remote.RemoteError(err.url, f"{str(err).split(': ', 1)[1]} — {_prepare_hint(dataset_dir)}",
+                                     err.transient, err.status) from None  # fmt: skip
+        except UnicodeDecodeError as err:
+            raise DataError(f"{url}: unreadable ({err}) — {_prepare_hint(dataset_dir)}") from None
+        return _parsed(text, url, dataset_dir)
     dataset_dir = Path(dataset_dir)
     path = dataset_dir / MANIFEST
     if not dataset_dir.is_dir():
@@ -169,21 +206,29 @@ def read_manifest(dataset_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: missing — {_prepare_hint(dataset_dir)}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: unreadable ({err}) — {_prepare_hint(dataset_dir)}") from err
+    return _parsed(text, path, dataset_dir)
+
+
+def _parsed(text: str, where: Path | str, dataset_dir: Path | str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: unreadable ({err}) — {_prepare_hint(dataset_dir)}") from err
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise DataError(f"{path}: no 'splits' table — {_prepare_hint(dataset_dir)}")
+        raise DataError(f"{where}: no 'splits' table — {_prepare_hint(dataset_dir)}")
     return manifest
 
 
 def split_entry(
-    manifest: dict[str, Any], split: str, dataset_dir: Path, group: str = "splits"
+    manifest: dict[str, Any], split: str, dataset_dir: Path | str, group: str = "splits"
 ) -> dict[str, Any]:
     """The `{"samples", "shards"}` entry of `split` in `manifest[group]`; `DataError` listing what
     exists when it is absent. `group` is "splits" or a task group such as "nlvr2"."""
     entries = manifest.get(group)
-    where = Path(dataset_dir) / MANIFEST
+    where = remote.join(dataset_dir, MANIFEST)
     if not isinstance(entries, dict):
         raise DataError(f"{where}: no '{group}' table")
     if split not in entries:

@@ -4,7 +4,8 @@ exactly, see `data.stream`), and the share of samples that stops a run.
 
 `SkipCounter` wraps the loader's batch iterator: it takes the `skipped` and `skipped_by_source`
 counts off every batch (host tensors: reading them costs no device sync) before the batch goes to
-the device. Batch b of the stream was built by stream worker b % W.
+the device. Batch b of the stream was built by stream worker b % W. It also sums the batches'
+`read_retries` (retried reads of shards behind URLs), logged as `read_retries`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class SkipCounter:
             s: int((state.get("by_source") or {}).get(s, 0)) for s in self.sources
         }
         self.read = int(state.get("read", 0))
+        self.retries = int(state.get("retries", 0))  # this process's retried remote reads
+        self.retries_total = self.retries  # every process's, as of the last `totals`
 
     def __iter__(self) -> SkipCounter:
         return self
@@ -45,6 +48,9 @@ class SkipCounter:
         batch = next(self.batches)
         skipped = batch.pop("skipped", None)
         by_source = batch.pop("skipped_by_source", None)
+        retries = batch.pop("read_retries", None)
+        if retries is not None:
+            self.retries += int(retries.sum())
         extra = 0
         if skipped is not None and by_source is not None:
             row = self.extra[self.batch_number % self.workers]
@@ -70,25 +76,30 @@ class SkipCounter:
     def state_dict(self) -> dict[str, Any]:
         """This process's part of the training state (plain values)."""
         return {"extra": [list(row) for row in self.extra], "counts": dict(self.counts),
-                "by_source": dict(self.by_source), "read": self.read}  # fmt: skip
+                "by_source": dict(self.by_source), "read": self.read, "retries": self.retries}  # fmt: skip
 
     def totals(
         self, device: torch.device | None = None, distributed: bool = False
     ) -> tuple[int, dict[str, int]]:
-        """(samples read, skips per reason) of every process (a collective when `distributed`)."""
-        values = [self.read, *(self.counts[r] for r in SKIP_REASONS)]
+        """(samples read, skips per reason) of every process (a collective when `distributed`); the
+        processes' retried remote reads land in `retries_total`."""
+        values = [self.read, self.retries, *(self.counts[r] for r in SKIP_REASONS)]
         if distributed:
             import torch.distributed as dist
 
             summed = torch.tensor(values, dtype=torch.float64, device=device)
             dist.all_reduce(summed)
             values = [int(v) for v in summed.tolist()]
-        return values[0], dict(zip(SKIP_REASONS, values[1:], strict=True))
+        self.retries_total = values[1]
+        return values[0], dict(zip(SKIP_REASONS, values[2:], strict=True))
 
     def metrics(self, read: int, counts: dict[str, int]) -> dict[str, float]:
+        """`samples_skipped` (and per reason) when any was, `read_retries` when any read was retried."""
         skipped = sum(counts.values())
-        out = {"samples_skipped": float(skipped)}
+        out = {"samples_skipped": float(skipped)} if skipped else {}
         out.update({f"samples_skipped/{r}": float(n) for r, n in counts.items() if n})
+        if self.retries_total:
+            out["read_retries"] = float(self.retries_total)
         return out
 
     def check(self, read: int, counts: dict[str, int], threshold: float) -> None:

@@ -18,12 +18,17 @@ Shard arithmetic (cf. open_clip's `ResampledShards2`/`detshuffle2`, spelled out 
   reason, `collate.SKIP_REASONS`) and `skipped_by_source` (extra samples each data set's reader
   gave); the trainer sums the latter per stream worker (`data.skips`) and a resumed stream starts
   each reader that many samples further (`start_skipped`), so resuming stays exact.
+- shards behind a URL are streamed with retries (`data.shard_cache.ShardReading`, optionally
+  through a local cache); each batch carries `read_retries` [1], the retries its worker made while
+  building it, and a shard still unreadable after them is skipped like a truncated one
+  ("unreadable_shard"). The bytes, and so the batches, are those of the same shards on disk.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,9 +40,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from scl_cli.data.collate import SKIP_REASONS, BadSample, Batcher, CaptionBatch, Item
 from scl_cli.data.manifests import Shard, Source, check_slots, load_sources
 from scl_cli.data.sampling import MIX_BLOCK, SlotReader, numpy_rng, replay_blocks
+from scl_cli.data.shard_cache import ShardReading
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.data.transforms import ImageTransform
 from scl_cli.errors import DataError, UsageError
+from scl_cli.io.remote import retry_count
 
 
 class TrainStream(IterableDataset):
@@ -46,7 +53,7 @@ class TrainStream(IterableDataset):
     worker queue and the host-device copy), `text_ids` int64 [B, L], `text_mask` int64 [B, L]
     (1 = real token), `index` int64 [B] (global sample index), `skipped` int64 [len(SKIP_REASONS)]
     and `skipped_by_source` int64 [data sets] (undecodable samples this batch skipped; the trainer
-    takes them off, `data.skips`).
+    takes them off, `data.skips`), `read_retries` int64 [1] (retried reads of shards behind URLs).
 
     T is 1 for images and `num_frames` for clips. When image and video data sets are mixed, each
     batch draws its media first (by the summed weights of each kind), then its samples from the
@@ -69,8 +76,10 @@ class TrainStream(IterableDataset):
         collate: Callable[[list[Item]], dict[str, torch.Tensor]] | None = None,
         num_frames: int = 4,
         start_skipped: list[list[int]] | None = None,
+        reading: ShardReading | None = None,
     ) -> None:
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
+        self.reading = reading
         self.num_frames = num_frames
         total = float(sum(weights))
         self.weights = [float(w) for w in weights]
@@ -116,6 +125,7 @@ class TrainStream(IterableDataset):
         limits = [sum(s.samples for s in self.slot_shards(src, worker)) for src in self.sources]
         position = start
         while True:
+            retries = retry_count()
             prepared = []
             skipped = [0] * len(SKIP_REASONS)
             by_source = [0] * len(self.sources)
@@ -137,6 +147,7 @@ class TrainStream(IterableDataset):
             batch = batcher.combine(prepared)
             batch["skipped"] = torch.tensor(skipped, dtype=torch.long)
             batch["skipped_by_source"] = torch.tensor(by_source, dtype=torch.long)
+            batch["read_retries"] = torch.tensor([retry_count() - retries], dtype=torch.long)
             yield batch
 
     def _readers(self, worker: int, start: int, extra: list[int]) -> tuple[Iterator[int], list[Iterator]]:
@@ -146,7 +157,7 @@ class TrainStream(IterableDataset):
         choices, consumed = self._dataset_choices(worker, start)
         readers = [
             SlotReader(
-                self.slot_shards(src, worker), self.seed, i, self.rank, worker, self.shuffle_buffer
+                self.slot_shards(src, worker), self.seed, i, self.rank, worker, self.shuffle_buffer, self.reading
             ).samples(consumed[i] + extra[i])
             for i, src in enumerate(self.sources)
         ]
@@ -194,8 +205,16 @@ class TrainStream(IterableDataset):
             position += 1
 
 
+def ignore_sigterm(worker_id: int) -> None:
+    """In each loader worker: SIGTERM, which a scheduler sends to every process of a job it stops,
+    is left to the training process (it finishes the step and writes a checkpoint first, see
+    `training.preemption`); the worker ends when that process shuts the loader down or dies.
+    (torch's own worker handler would exit, and the next batch would fail.)"""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_train_loader(
-    data_root: Path,
+    data_root: Path | str,
     datasets: list[str],
     weights: list[float] | None,
     split: str,
@@ -217,13 +236,15 @@ def build_train_loader(
     group: str = "splits",
     num_frames: int = 4,
     start_skipped: list[list[int]] | None = None,
+    reading: ShardReading | None = None,
 ) -> DataLoader:
     """Endless batches of this rank (see `TrainStream` for the keys and shapes).
 
     The same arguments give the same batches for a given `num_workers`; `start_batch=b` gives
     exactly the uninterrupted stream from its b-th batch on (with `start_skipped`, the per stream
-    worker and data set count of replacements for skipped samples before it: `data.skips`). Data
-    sets are mixed per sample by
+    worker and data set count of replacements for skipped samples before it: `data.skips`).
+    `data_root` (or a data set's own location) may be a URL: `reading` says how its shards are
+    read (retries, cache; default: `io.remote`'s policy, no cache). Data sets are mixed per sample by
     `weights` (default: proportional to their sample counts). Raises `DataError` for a missing
     data set, manifest, split or shard, or too few shards for the rank x worker slots.
     """
@@ -242,7 +263,7 @@ def build_train_loader(
     stream = TrainStream(
         sources, list(weights), tokenizer, ImageTransform(image_size, augment, crop_min_scale),
         max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch, collate,
-        num_frames, start_skipped,
+        num_frames, start_skipped, reading,
     )  # fmt: skip
     check_slots(sources, world_size, num_workers, split, data_root)
     if num_workers > 0:
@@ -252,6 +273,7 @@ def build_train_loader(
         stream,
         batch_size=None,
         num_workers=num_workers,
+        worker_init_fn=ignore_sigterm if num_workers > 0 else None,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from scl_cli.data.collate import BadSample, check_readable, decode_image_member, sample_pixels
-from scl_cli.data.manifests import load_sources
+from scl_cli.data.manifests import dataset_location, load_sources
 from scl_cli.data.shards import iter_tar_samples
 from scl_cli.data.tokenizer import TextTokenizer
 from scl_cli.data.transforms import ImageTransform
 from scl_cli.data.vqa_answers import answer_labels, build_vocabulary, normalize_answer
 from scl_cli.errors import DataError
+from scl_cli.io import remote
 
 Item = tuple[dict[str, Any], int, random.Random | None]
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -49,27 +50,31 @@ def _pixels(sample: dict[str, Any], transform: ImageTransform, rng, prefix: str 
     return decode_image_member(sample, image_bytes(sample, prefix), transform, rng)
 
 
-def iter_split(data_root: Path, dataset: str, split: str, group: str = "splits") -> Iterator[dict[str, Any]]:
+def iter_split(data_root: Path | str, dataset: str, split: str, group: str = "splits") -> Iterator[dict[str, Any]]:
     """Every raw sample of a split once, in manifest order (evaluation)."""
     for source in load_sources(data_root, [dataset], split, group=group):
         for shard in source.shards:
-            yield from iter_tar_samples(shard.path)
+            yield from iter_tar_samples(shard.path, sha256=shard.sha256)
 
 
-def count_split(data_root: Path, dataset: str, split: str, group: str = "splits") -> int:
+def count_split(data_root: Path | str, dataset: str, split: str, group: str = "splits") -> int:
     return sum(s.samples for s in load_sources(data_root, [dataset], split, group=group))
 
 
 # ----------------------------------------------------------------------------- VQA
-def vqa_answer_vocabulary(data_root: Path, dataset: str) -> list[str]:
+def vqa_answer_vocabulary(data_root: Path | str, dataset: str) -> list[str]:
     """The data set's `answers.json` (VQAv2, as prepared), else the answers of its train split by
     frequency (the synthetic shapes data)."""
-    path = Path(data_root) / dataset / "answers.json"
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
+    folder = dataset_location(data_root, dataset)
+    path = remote.join(folder, "answers.json")
+    if remote.is_url(path):
+        if remote.size(str(path)) is not None:
+            return json.loads(remote.read_bytes(str(path)).decode("utf-8"))
+    elif Path(path).is_file():
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     answers = [q["answer"] for s in iter_split(data_root, dataset, "train") for q in sample_json(s).get("vqa", [])]
     if not answers:
-        raise DataError(f"{Path(data_root) / dataset}: no answers.json and no VQA questions in its train split")
+        raise DataError(f"{folder}: no answers.json and no VQA questions in its train split")
     return build_vocabulary(answers, size=len(set(answers)))
 
 
@@ -81,7 +86,7 @@ def human_answers(question: dict[str, Any]) -> list[str]:
     return [question["answer"]] if "answer" in question else []
 
 
-def majority_answer(data_root: Path, dataset: str) -> str:
+def majority_answer(data_root: Path | str, dataset: str) -> str:
     """Most frequent training answer: the baseline a VQA model must beat."""
     counts = Counter(
         normalize_answer(a)

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from scl_cli.data.manifests import dataset_location, parse_source
 from scl_cli.errors import DataError
+from scl_cli.io import remote
 
 ROBERTA_SPECIALS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
 # Order fixes the ids: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask>=4.
@@ -141,6 +143,15 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> TextTok
     return TextTokenizer(tokenizer, source="trained tokenizer")
 
 
+def _from_url(url: str) -> TextTokenizer:
+    text = remote.read_bytes(url).decode("utf-8", errors="replace")
+    try:
+        backend = Tokenizer.from_str(text)
+    except Exception as err:  # tokenizers raises a bare Exception on malformed JSON
+        raise DataError(f"{url}: not a readable tokenizer.json ({err})") from err
+    return TextTokenizer(backend, source=url)
+
+
 def _from_file(path: Path) -> TextTokenizer:
     try:
         backend = Tokenizer.from_file(str(path))
@@ -176,22 +187,27 @@ def _from_hub(name: str) -> TextTokenizer:
     return TextTokenizer(backend, specials, source=name)  # type: ignore[arg-type]
 
 
-def load_tokenizer(spec: str, data_root: Path, dataset: str) -> TextTokenizer:
+def load_tokenizer(spec: str, data_root: Path | str, dataset: str) -> TextTokenizer:
     """The tokenizer a recipe names.
 
-    `spec` is "dataset" (`data_root/dataset/tokenizer.json`, written by `scl prepare`), a path to a
-    tokenizer.json file or to a folder holding one, or a transformers hub name (needs the hub or
-    its local cache). `DataError` with one line when it cannot be found.
+    `spec` is "dataset" (`data_root/dataset/tokenizer.json`, written by `scl prepare`; the data set
+    may be behind a URL), a path to a tokenizer.json file or to a folder holding one, or a
+    transformers hub name (needs the hub or its local cache). `DataError` with one line when it
+    cannot be found.
     """
     if spec == "dataset":
-        dataset = dataset.partition(":")[0]  # "shapes:clips" -> the shapes folder
-        path = Path(data_root) / dataset / "tokenizer.json"
+        dataset = parse_source(dataset)[0]  # "shapes:clips" -> the shapes folder
+        path = remote.join(dataset_location(data_root, dataset), "tokenizer.json")
+        if remote.is_url(path):
+            return _from_url(str(path))
         if not path.is_file():
             raise DataError(
                 f"{path}: tokenizer missing — run `scl prepare {dataset} --out {data_root}` "
                 "or set model.text.tokenizer to a tokenizer.json path"
             )
         return _from_file(path)
+    if remote.is_url(spec):
+        return _from_url(spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "tokenizer.json").is_file():

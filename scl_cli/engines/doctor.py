@@ -124,8 +124,11 @@ def _devices(report: DoctorReport, recipe: Recipe, env: dict) -> None:
 
 def _data(report: DoctorReport, recipe: Recipe) -> set[str]:
     from scl_cli.data.manifests import check_slots, load_sources
+    from scl_cli.data.shard_cache import configure_remote
+    from scl_cli.io import remote
 
     data = recipe.data
+    configure_remote(data)
     names, split, group = data.train, data.split, "splits"
     if recipe.task is not None:  # fine-tuning reads the task's data set
         names, split, group = [recipe.task.dataset], recipe.task.train_split, recipe.task.group
@@ -140,8 +143,21 @@ def _data(report: DoctorReport, recipe: Recipe) -> set[str]:
         src = sources[0]
         media.add(src.media)
         slots = recipe.topology.world_size * max(data.num_workers, 1)
+        where = ""
+        if src.shards and remote.is_url(src.shards[0].path):  # one request: the first shard is there
+            first = str(src.shards[0].path)
+            try:
+                if remote.size(first) is None:
+                    report.add(f"data: {name}", FAIL, f"{first}: listed in the manifest but missing",
+                               "prepare the data set again, or upload it again (scl prepare --out URL)")  # fmt: skip
+                    continue
+            except SclError as err:
+                report.add(f"data: {name}", FAIL, str(err), "check the URL, the network and the credentials")
+                continue
+            cache = f"cached in {data.cache_dir}" if data.cache_dir is not None else "no cache (data.cache_dir)"
+            where = f", streamed from {src.location} ({cache})"
         report.add(f"data: {name}", OK, f"{split}: {src.samples:,} {src.media} samples in {len(src.shards)} "
-                                        f"shards for {slots} loader slot(s)")  # fmt: skip
+                                        f"shards for {slots} loader slot(s){where}")  # fmt: skip
     return media
 
 

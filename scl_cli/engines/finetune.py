@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scl_cli.config import Recipe
+from scl_cli.data.shard_cache import configure_remote
 from scl_cli.data.task_batches import (
     CaptionBatcher,
     NLVR2Batcher,
@@ -93,6 +94,7 @@ def finetune(
     launch.check_world(recipe.topology, "finetune")
     runtime = setup_runtime(recipe.topology)
     seed_everything(recipe.optim.seed)
+    configure_remote(recipe.data)
     root = recipe.data.root
     answers: list[str] = []
     if task.name == "vqa":
@@ -144,7 +146,8 @@ def finetune(
             extra_files=extra, reporter=reporter,
         )  # fmt: skip
     report = None
-    if evaluate_after and runtime.is_main and result.last_checkpoint is not None:
+    # A run stopped by SIGTERM is evaluated when it ends after --resume, not now.
+    if evaluate_after and runtime.is_main and result.last_checkpoint is not None and not result.stopped_by_signal:
         report = evaluate(task.name, result.last_checkpoint, split=task.eval_split,
                           rerank=task.rerank if task.name == "retrieval" else None)  # fmt: skip
         report.write_json(run_dir / EVAL_FILE)

@@ -8,6 +8,7 @@ downloads by `data/sources/` and written by `data/pipeline.py`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import multiprocessing
@@ -32,6 +33,7 @@ from scl_cli.data.sources.base import SourceRequest
 from scl_cli.data.tokenizer import train_bpe_tokenizer
 from scl_cli.data.writer import WriteSettings
 from scl_cli.errors import DataError, UsageError
+from scl_cli.io import remote
 from scl_cli.io.atomic import swap_in
 
 ProgressFn = Callable[[str, int, int], None]
@@ -59,6 +61,8 @@ class PrepareSummary:
     resumed_shards: int = 0
     warnings: list[str] = field(default_factory=list)
     problem: str | None = None  # a run that wrote nothing: why, in one line (the CLI exits 2 with it)
+    location: str | None = None  # --out URL: where the data set was uploaded (`path` is the staging copy)
+    uploaded: tuple[int, int] = (0, 0)  # files sent, files already there
 
 
 def split_sizes(images: int) -> dict[str, int]:
@@ -342,9 +346,30 @@ def preparers() -> dict[str, Callable[..., Path]]:
     return {"shapes": prepare_shapes, **{name: functools.partial(prepare_dataset, name) for name in reader_names()}}
 
 
-def prepare(name: str, out: Path, **options: Any) -> PrepareSummary:
+def staging_folder(out: str) -> Path:
+    """Where `--out URL` is prepared before the upload when no `--staging` is given: a folder per
+    URL under the user's cache (`$XDG_CACHE_HOME/scl/staging/`)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "scl" / "staging" / hashlib.sha256(out.rstrip("/").encode("utf-8")).hexdigest()[:16]
+
+
+def prepare(name: str, out: Path | str, staging: Path | None = None, **options: Any) -> PrepareSummary:
     """Prepare data set `name` into `out/name/`; `options` are the preparer's keyword arguments
-    (e.g. images, seed, workers, progress). `UsageError` for an unknown name or option."""
+    (e.g. images, seed, workers, progress). `UsageError` for an unknown name or option.
+
+    `out` may be a URL (`s3://`, `gs://`, any fsspec protocol that writes): the data set is
+    prepared in a local staging folder (`staging`, default `staging_folder(out)`; kept, so that a
+    re-run resumes shard by shard there), then uploaded file by file, skipping what the URL already
+    holds at the same size, `manifest.json` last."""
+    if remote.is_url(out):
+        url = str(out)
+        local = Path(staging) if staging is not None else staging_folder(url)
+        summary = prepare(name, local, **options)
+        if summary.problem is None:
+            summary.location = str(remote.join(url, name))
+            summary.uploaded = remote.upload_tree(summary.path, summary.location, last=(MANIFEST,))
+        return summary
+    out = Path(out)
     known = preparers()
     if name not in known:
         raise UsageError(f"unknown data set '{name}' (known: {', '.join(known)})")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scl_cli.config import Recipe, recipe_to_dict
+from scl_cli.data.shard_cache import configure_remote
 from scl_cli.data.tokenizer import TextTokenizer, load_tokenizer
 from scl_cli.errors import CheckpointError, UsageError
 from scl_cli.io.checkpoints import CONFIG_FILE, list_checkpoints
@@ -47,6 +48,7 @@ def build(recipe: Recipe) -> Built:
     """Runtime, tokenizer, model and step module for a recipe."""
     runtime = setup_runtime(recipe.topology)
     seed_everything(recipe.optim.seed)
+    configure_remote(recipe.data)
     tokenizer = load_tokenizer(recipe.model.text.tokenizer, recipe.data.root, recipe.data.train[0])
     model = build_model(recipe, tokenizer)
     step = build_train_step(recipe, model, TextSpec.from_tokenizer(tokenizer, model.vocab_size), runtime)
@@ -68,6 +70,7 @@ def pretrain(
     reporter = reporter or NullReporter()
     run_dir = Path(recipe.output.dir)
     found = existing_checkpoint(run_dir, resume)
+    configure_remote(recipe.data)
     launch.adopt_slurm_tasks(recipe.topology)
     if launch.needs_launch(recipe.topology):
         return launch.launch_run(recipe, "pretrain", resume, reporter, launch_args)

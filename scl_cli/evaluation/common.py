@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scl_cli.config.location import is_url
+from scl_cli.data.manifests import parse_source
 from scl_cli.io.atomic import atomic_write_json
 
 
@@ -39,7 +41,7 @@ class EvalReport:
 
 @dataclass
 class EvalData:
-    root: Path
+    root: Path | str
     dataset: str
     group: str
     split: str
@@ -50,16 +52,19 @@ def resolve_data(config: dict[str, Any], data: str | None, split: str | None, ta
     the data set the checkpoint was fine-tuned on, else `shapes`; `--split`, else the recipe's
     evaluation split, else `test`."""
     recipe = config.get("recipe") or {}
-    root = Path((recipe.get("data") or {}).get("root", "data"))
+    saved_root = (recipe.get("data") or {}).get("root", "data")
+    root: Path | str = saved_root if is_url(saved_root) else Path(saved_root)
     saved = recipe.get("task") or {}
     same_task = saved.get("name") == task
     dataset = saved.get("dataset", "shapes") if same_task else "shapes"
     group = saved.get("group", "splits") if same_task else ("nlvr2" if task == "nlvr2" else "splits")
     if data is not None:
         # "PATH:GROUP" / "NAME:GROUP" picks a manifest group, e.g. data/shapes:clips for the clips.
-        data, _, named_group = data.partition(":")
+        data, named_group = parse_source(data, "")
         path = Path(data)
-        if (path / "manifest.json").is_file():
+        if is_url(data):  # a data set behind a URL: its own location
+            dataset = data
+        elif (path / "manifest.json").is_file():
             root, dataset = path.parent, path.name
         else:
             dataset = data

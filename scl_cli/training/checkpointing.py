@@ -3,6 +3,7 @@ and the rule that a folder already holding checkpoints is continued only when as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,9 +12,10 @@ from torch import nn
 
 from scl_cli import __version__
 from scl_cli.config import Recipe, recipe_to_dict
-from scl_cli.data.manifests import parse_source
+from scl_cli.data.manifests import dataset_location, parse_source
 from scl_cli.data.shards import MANIFEST
 from scl_cli.errors import UsageError
+from scl_cli.io import remote
 from scl_cli.io.checkpoints import latest_checkpoint, save_checkpoint
 from scl_cli.io.fingerprint import sha256_file, sha256_text
 from scl_cli.io.provenance import git_state, machine, package_versions
@@ -72,8 +74,8 @@ def reproduction_record(recipe: Recipe, runtime: Runtime, datasets: list[str], g
     data = {}
     for spec in datasets:
         name, _ = parse_source(spec, group)
-        path = Path(recipe.data.root) / name / MANIFEST
-        data[spec] = {"manifest": str(path), "sha256": sha256_file(path) if path.is_file() else None}
+        path = remote.join(dataset_location(recipe.data.root, name), MANIFEST)
+        data[spec] = {"manifest": str(path), "sha256": _manifest_sha256(path)}
     device = runtime.device
     topo = recipe.topology
     return {
@@ -90,6 +92,15 @@ def reproduction_record(recipe: Recipe, runtime: Runtime, datasets: list[str], g
         },  # fmt: skip
         "machine": machine(),
     }
+
+
+def _manifest_sha256(path: Path | str) -> str | None:
+    if remote.is_url(path):
+        try:
+            return hashlib.sha256(remote.read_bytes(str(path))).hexdigest()
+        except remote.RemoteError:
+            return None
+    return sha256_file(Path(path)) if Path(path).is_file() else None
 
 
 def write_checkpoint_fn(

@@ -14,16 +14,29 @@
   this node's part; without them, the exact command for every node, to run by hand.
 
 Inside torchrun (`WORLD_SIZE` set) nothing is launched: `setup_runtime` joins the group.
+
+Several nodes: torchrun's static rendezvous on node 0's `MASTER_ADDR:MASTER_PORT` waits
+`topology.rendezvous_timeout` seconds for every node; once running, a lost node makes the other
+ranks' next collective fail (at once when its connections close, after `topology.collective_timeout`
+when they just go silent), and each of them stops with one line saying so (`training.run`).
+
+SIGTERM (preemption): torchrun is started with SIGTERM ignored (and told not to handle it), so a
+SIGTERM to this launcher or to the whole job reaches the ranks alone: this launcher writes `stop`
+in the node's control folder (`SCL_CONTROL_DIR`, `training.preemption`), every rank finishes its
+step, the run writes one checkpoint, the ranks and torchrun exit 0, and so does this launcher.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +46,9 @@ from scl_cli.config import Recipe, recipe_to_toml
 from scl_cli.config.recipe import TopologyConfig
 from scl_cli.data.manifests import check_train_data
 from scl_cli.errors import SclError, UsageError
+from scl_cli.io.atomic import atomic_write_text
 from scl_cli.reporting import Reporter
+from scl_cli.training.preemption import CONTROL_ENV, STOP_FILE
 from scl_cli.training.run import result_from_run
 from scl_cli.training.trainer import TrainResult
 
@@ -59,6 +74,7 @@ class LaunchPlan:
     master_addr: str | None = None
     master_port: int = DEFAULT_PORT
     source: str = "recipe"  # "recipe" | "env" | "slurm": where the node rank and master came from
+    rendezvous_timeout: int | None = None  # seconds node 0 waits for the others (torchrun's default: 600)
 
     def torchrun_args(self, node_rank: int | None = None) -> list[str]:
         """torchrun's own arguments for `node_rank` (default: this node's)."""
@@ -66,11 +82,13 @@ class LaunchPlan:
         if self.nnodes == 1:
             return ["--standalone", *args]
         rank = self.node_rank if node_rank is None else node_rank
+        timeout = ["--rdzv-conf", f"timeout={self.rendezvous_timeout}"] if self.rendezvous_timeout else []
         return [
             *args,
             "--node-rank", str(rank),
             "--master-addr", self.master_addr or "MASTER_HOST",
             "--master-port", str(self.master_port),
+            *timeout,
         ]  # fmt: skip
 
 
@@ -119,6 +137,13 @@ def first_host(nodelist: str) -> str:
 def plan_launch(topology: TopologyConfig, env: Mapping[str, str] | None = None) -> LaunchPlan:
     """Where this node sits in the run: from SLURM, from NODE_RANK/MASTER_ADDR, or unknown."""
     env = os.environ if env is None else env
+    plan = _plan(topology, env)
+    if plan.nnodes > 1:
+        plan = dataclasses.replace(plan, rendezvous_timeout=int(topology.rendezvous_timeout))
+    return plan
+
+
+def _plan(topology: TopologyConfig, env: Mapping[str, str]) -> LaunchPlan:
     nodes, per_node = topology.nodes, topology.devices_per_node
     port = int(env.get("MASTER_PORT", DEFAULT_PORT))
     if nodes == 1:
@@ -139,27 +164,67 @@ def plan_launch(topology: TopologyConfig, env: Mapping[str, str] | None = None) 
     return LaunchPlan(nodes, per_node, None, env.get("MASTER_ADDR"), port)
 
 
-def torchrun_command(plan: LaunchPlan, cli_args: list[str], node_rank: int | None = None) -> list[str]:
-    """`python -m torch.distributed.run <torchrun args> -m scl_cli.cli <cli_args>`."""
+def torchrun_command(
+    plan: LaunchPlan, cli_args: list[str], node_rank: int | None = None, by_launcher: bool = True
+) -> list[str]:
+    """`python -m torch.distributed.run <torchrun args> -m scl_cli.cli <cli_args>`; `by_launcher`:
+    started by `run_torchrun` (SIGTERM ignored), so torchrun is told to leave SIGTERM alone."""
+    signals = _signal_args() if by_launcher else []
     return [
-        sys.executable, "-m", "torch.distributed.run", *plan.torchrun_args(node_rank),
+        sys.executable, "-m", "torch.distributed.run", *plan.torchrun_args(node_rank), *signals,
         "-m", "scl_cli.cli", *cli_args,
     ]  # fmt: skip
 
 
+def _signal_args() -> list[str]:
+    """torchrun handles SIGTERM by killing its workers after a grace period; ours handle it
+    themselves (`training.preemption`), so torchrun is asked to leave it alone where it can be."""
+    try:
+        from torch.distributed.run import get_args_parser
+
+        if "--signals-to-handle" in get_args_parser()._option_string_actions:
+            return ["--signals-to-handle", "SIGINT,SIGHUP,SIGQUIT"]
+    except (ImportError, AttributeError):
+        pass
+    return []
+
+
 def per_node_commands(plan: LaunchPlan, cli_args: list[str]) -> list[str]:
     """The shell command to start on each node, node 0 first (it hosts the rendezvous)."""
-    return [shlex.join(torchrun_command(plan, cli_args, rank)) for rank in range(plan.nnodes)]
+    return [shlex.join(torchrun_command(plan, cli_args, rank, by_launcher=False)) for rank in range(plan.nnodes)]
 
 
-def run_torchrun(command: list[str]) -> None:
-    """Run torchrun in the foreground and wait. SIGTERM is passed on (torchrun stops every rank);
-    Ctrl-C reaches torchrun directly through the terminal's process group."""
-    proc = subprocess.Popen(command, env={**os.environ, LAUNCHED_ENV: "1"})
+@dataclass
+class TorchrunOutcome:
+    code: int
+    stop_requested: bool  # this launcher got SIGTERM and passed it on
+    stopped_ranks: int  # ranks of this node that stopped cleanly with a checkpoint after it
+
+
+def _ignore_sigterm() -> None:  # in the torchrun child, before exec (SIG_IGN survives exec)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def run_torchrun(command: list[str], control: Path | None = None) -> TorchrunOutcome:
+    """Run torchrun in the foreground and wait. SIGTERM to this process writes `stop` in the
+    node's `control` folder: every rank finishes its step and the run writes a checkpoint
+    (`training.preemption`); torchrun itself ignores SIGTERM. Ctrl-C reaches torchrun directly
+    through the terminal's process group. Raises `LaunchError` when torchrun fails, unless the
+    ranks of this node stopped cleanly after a SIGTERM (each left `stopped-RANK` in `control`)."""
+    own = control is None
+    control = Path(tempfile.mkdtemp(prefix="scl-node-")) if control is None else control
+    env = {**os.environ, LAUNCHED_ENV: "1", CONTROL_ENV: str(control)}
+    proc = subprocess.Popen(command, env=env, preexec_fn=_ignore_sigterm)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        stop.set()
+        atomic_write_text(control / STOP_FILE, "SIGTERM\n")
+
     previous = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers live there only
         previous = {
-            signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, _: proc.send_signal(signum)),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, on_term),
             signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
         }
     try:
@@ -167,11 +232,15 @@ def run_torchrun(command: list[str]) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code != 0:
+    outcome = TorchrunOutcome(code, stop.is_set(), len(list(control.glob("stopped-*"))))
+    if own:
+        shutil.rmtree(control, ignore_errors=True)
+    if code != 0 and not (outcome.stop_requested and outcome.stopped_ranks):
         raise LaunchError(
             f"torchrun ended with exit code {code} (the ranks' messages are above)",
             exit_code=code if 0 < code < 128 else 1,
         )
+    return outcome
 
 
 def adopt_slurm_tasks(topology: TopologyConfig, env: dict[str, str] | None = None) -> bool:
@@ -225,12 +294,22 @@ def launch_run(
     # Caught here once, before any process starts, rather than by every rank.
     check_train_data(data.root, datasets or data.train, split or data.split, topo.world_size, data.num_workers, group)
     run_dir = Path(recipe.output.dir)
-    if launch_args is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = run_dir / "launch-recipe.toml"
-        resolved.write_text(recipe_to_toml(recipe), encoding="utf-8")
-        launch_args = [command, str(resolved), *(extra_args or []), *(["--resume"] if resume else []), "--plain"]
     plan = plan_launch(topo)
+    control = Path(tempfile.mkdtemp(prefix="scl-node-"))
+    try:
+        if launch_args is None:
+            # Rank 0's node writes into output.dir; the others keep their copy to themselves.
+            folder = run_dir if plan.node_rank in (0, None) else control
+            folder.mkdir(parents=True, exist_ok=True)
+            resolved = atomic_write_text(folder / "launch-recipe.toml", recipe_to_toml(recipe))
+            launch_args = [command, str(resolved), *(extra_args or []), *(["--resume"] if resume else []), "--plain"]
+        return _launch(plan, topo, launch_args, run_dir, control, reporter)
+    finally:
+        shutil.rmtree(control, ignore_errors=True)
+
+
+def _launch(plan: LaunchPlan, topo: TopologyConfig, launch_args: list[str], run_dir: Path, control: Path,
+            reporter: Reporter) -> TrainResult:  # fmt: skip
     if plan.node_rank is None:
         commands = per_node_commands(plan, launch_args)
         reporter.info(
@@ -246,5 +325,20 @@ def launch_run(
         f"launching torchrun: {where}{plan.nproc_per_node} process(es) per node ({topo.strategy}, "
         f"device {topo.device})"
     )
-    run_torchrun(torchrun_command(plan, launch_args))
-    return result_from_run(run_dir)
+    try:
+        outcome = run_torchrun(torchrun_command(plan, launch_args), control)
+    except LaunchError as err:
+        if plan.nnodes > 1:
+            raise LaunchError(
+                f"torchrun on node {plan.node_rank} of {plan.nnodes} ended with exit code {err.exit_code}: a rank "
+                "failed or another node stopped (the ranks' messages are above); start every node again "
+                "with --resume", err.exit_code,
+            ) from None  # fmt: skip
+        raise
+    stopped = outcome.stop_requested or outcome.stopped_ranks > 0  # SIGTERM here, or to the ranks directly
+    if plan.node_rank != 0:
+        reporter.info(f"node {plan.node_rank} of {plan.nnodes}: done (node 0 writes the checkpoints and metrics)")
+        return TrainResult(run_dir, 0, stopped_by_signal=stopped)
+    result = result_from_run(run_dir)
+    result.stopped_by_signal = stopped
+    return result

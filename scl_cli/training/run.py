@@ -4,6 +4,7 @@ metrics, checkpoints and exact resume around the Trainer."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 
 from scl_cli.config import Recipe
 from scl_cli.data.manifests import parse_source, source_media
+from scl_cli.data.shard_cache import configure_remote
 from scl_cli.data.skips import SkipCounter
 from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import TextTokenizer
-from scl_cli.errors import UsageError
+from scl_cli.distributed import is_communication_error
+from scl_cli.errors import TrainingError, UsageError
 from scl_cli.io.checkpoints import latest_checkpoint, load_checkpoint, load_model_weights
 from scl_cli.reporting import NullReporter, Reporter
 from scl_cli.training.auto_batch import cuda_probe, resolve_micro_batch
@@ -25,6 +28,7 @@ from scl_cli.training.guard import NonFiniteGuard
 from scl_cli.training.loggers import METRICS_FILE, MetricsLogger
 from scl_cli.training.optim import build_optimizer, build_scheduler
 from scl_cli.training.parallel import StateIO, wrap_data_parallel
+from scl_cli.training.preemption import StopRequest
 from scl_cli.training.runtime import Runtime
 from scl_cli.training.step import TrainStep
 from scl_cli.training.trainer import Trainer, TrainResult, TrainState
@@ -78,7 +82,10 @@ def run_training(
     if resume_from is not None:
         saved = reload(resume_from)
         reporter.info(f"resuming from {resume_from} (step {saved['step']})")
+    if runtime.distributed:
+        _check_same_start(int(saved["step"]) if saved else 0, runtime, run_dir)
 
+    reading = configure_remote(recipe.data)
     media = source_media(recipe.data.root, datasets, split, group)
     frames = recipe.data.num_frames if "video" in media else 1
     if frames > model.config.vision.max_frames:
@@ -138,6 +145,7 @@ def run_training(
             group=group,
             num_frames=recipe.data.num_frames,
             start_skipped=(skips or {}).get("extra"),
+            reading=reading,
         )
         loaders.append(SkipCounter(iter(loader), recipe.data.num_workers, datasets, recipe.micro_batch(),
                                    at.micro_batches, skips))  # fmt: skip
@@ -171,13 +179,21 @@ def run_training(
         if saved is not None:
             state = trainer.load_training_state(saved)
             metrics.truncate_after(state.step)
-        batches = rebatch(state, saved)
-        if saved is not None:
-            # After the loader exists: starting its workers draws from the global RNG.
-            trainer.restore_rng(saved)
+        # Before the loader starts its workers: they inherit the SIGTERM handler (and so live on
+        # until the checkpoint is written).
+        trainer.stop = StopRequest(runtime.rank, runtime.distributed).install()
         try:
+            batches = rebatch(state, saved)
+            if saved is not None:
+                # After the loader exists: starting its workers draws from the global RNG.
+                trainer.restore_rng(saved)
             return trainer.fit(batches, state, run_dir)
+        except RuntimeError as err:
+            if runtime.distributed and is_communication_error(err):
+                raise _lost_contact(err, runtime, run_dir) from None
+            raise
         finally:
+            trainer.stop.uninstall()
             metrics.close()
             for counter in loaders:
                 counter.close()
@@ -198,6 +214,35 @@ def _evaluator(
     frames = recipe.data.num_frames if "video" in source_media(recipe.data.root, [name], cfg.split, eval_group) else 1
     return InTrainingEval(cfg, model, tokenizer, runtime, run_dir, recipe.data.root, dataset, frames, config, files,
                           metrics, reporter, resuming)  # fmt: skip
+
+
+def _check_same_start(step: int, runtime: Runtime, run_dir: Path) -> None:
+    """Every rank must start from the same step: a rank that found no checkpoint to resume (an
+    output.dir that is not one shared folder on every node) would train on from another state."""
+    import torch
+    import torch.distributed as dist
+
+    steps = torch.tensor([step, -step], dtype=torch.int64, device=runtime.device)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    high, low = int(steps[0]), -int(steps[1])
+    if high != low:
+        raise TrainingError(
+            f"rank {runtime.rank}: the ranks start from different steps ({low} and {high}): output.dir ({run_dir}) "
+            "must be one folder that every node sees (a shared file system) for --resume"
+        )
+
+
+def _lost_contact(err: RuntimeError, runtime: Runtime, run_dir: Path) -> TrainingError:
+    first = re.sub(r"^\[[^\]]*\] ", "", " ".join(str(err).split())).split(". ")[0][:200]  # gloo's file:line
+    newest = latest_checkpoint(run_dir) if Path(run_dir).exists() else None
+    if newest is not None:
+        resume = f"the newest checkpoint is {newest.name}"
+    else:
+        resume = "rank 0 writes the checkpoints (output.dir on node 0)" if runtime.rank else "no checkpoint was written yet"
+    return TrainingError(
+        f"rank {runtime.rank} of {runtime.world_size}: lost contact with the other processes of the run — a node "
+        f"or process stopped, or the network failed ({first}); {resume}: start every node again with --resume"
+    )
 
 
 def _skip_state(saved: dict | None, rank: int, workers: int, sources: int) -> dict | None:

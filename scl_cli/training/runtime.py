@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import random
 import signal
@@ -86,7 +87,9 @@ def setup_runtime(topology: TopologyConfig) -> Runtime:
     owns = False
     if world > 1 and not dist.is_initialized():
         die_with_parent()
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # A collective waits this long for a lost process before it raises (training.run reports it).
+        timeout = datetime.timedelta(seconds=topology.collective_timeout)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
         owns = True
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -15,6 +15,7 @@ from scl_cli.reporting import Reporter
 from scl_cli.training.guard import NonFiniteGuard, scale_learning_rate
 from scl_cli.training.loggers import MetricsLogger
 from scl_cli.training.parallel import StateIO
+from scl_cli.training.preemption import StopRequest
 from scl_cli.training.runtime import Runtime
 from scl_cli.training.state import capture_rng_state, restore_rng_state
 
@@ -33,6 +34,7 @@ class TrainResult:
     last_loss: float | None = None
     last_checkpoint: Path | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped_by_signal: bool = False  # SIGTERM: stopped after `steps` with a checkpoint (training.preemption)
 
 
 class Trainer:
@@ -49,6 +51,8 @@ class Trainer:
     and `rebatch(state, saved) -> batches` (the data stream from a training state's position).
     When the batches come through a `data.skips.SkipCounter`, undecodable samples the loader
     skipped are logged per reason and stop the run beyond `max_bad_samples` of those read.
+    `stop` (a `training.preemption.StopRequest`): when any rank got SIGTERM, every rank ends after
+    the same step, with a checkpoint.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Trainer:
         max_bad_samples: float = 1.0,
         stop_at: int | None = None,
         evaluator=None,
+        stop: StopRequest | None = None,
     ) -> None:
         self.step_module = step_module
         self.model = model
@@ -96,6 +101,7 @@ class Trainer:
         self.max_bad_samples = max_bad_samples
         self.evaluator = evaluator  # evaluation during training (`training.evaluator`), or None
         self.stop_at = max_steps if stop_at is None else min(stop_at, max_steps)  # the loop's end
+        self.stop = stop
         self.skips: SkipCounter | None = None  # the stream's skipped-sample accounting, if it has one
         self.data_wait = 0.0  # seconds blocked waiting for the next batch since the last log
         self.samples_seen = 0  # samples of every rank since the last log (image rows of the batches)
@@ -265,6 +271,9 @@ class Trainer:
                 if checkpoint_due:
                     result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
                     last_saved = state.step
+                if self.stop is not None and state.step < self.stop_at and self.stop.agreed():
+                    self._stop_on_signal(state, result, saved=last_saved == state.step)
+                    break
         except KeyboardInterrupt:
             # Saving is a collective across processes, which an interrupted run cannot promise.
             if state.step > last_saved and not self.rt.distributed:
@@ -272,6 +281,19 @@ class Trainer:
             raise
         result.steps = state.step
         return result
+
+    def _stop_on_signal(self, state: TrainState, result: TrainResult, saved: bool) -> None:
+        """SIGTERM reached a rank: one checkpoint at this step (unless it was just written), then out."""
+        if not saved:
+            result.last_checkpoint = self.save_fn(state.step, self.training_state(state))
+        result.stopped_by_signal = True
+        assert self.stop is not None
+        self.stop.stopped(state.step)
+        self.reporter.warn(
+            f"SIGTERM: stopped after step {state.step} of {self.max_steps} with checkpoint "
+            f"{result.last_checkpoint.name if result.last_checkpoint else 'written'} — run the same command "
+            "with --resume to continue"
+        )
 
     def _roll_back(self, target: Path, state: TrainState):
         """Back to checkpoint `target` with a lower learning rate (`training.guard`)."""
@@ -317,8 +339,7 @@ class Trainer:
             values.update(self.guard.metrics())
         if self.skips is not None:
             read, counts = self.skips.totals(self.rt.device, self.rt.distributed)
-            if sum(counts.values()):
-                values.update(self.skips.metrics(read, counts))
+            values.update(self.skips.metrics(read, counts))
             self._skip_totals = (read, counts)
         if "video_batches" in values:  # a run mixing images and clips: per-media means
             share = values["video_batches"]

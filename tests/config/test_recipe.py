@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from scl_cli.config import load_recipe, recipe_to_toml
+from scl_cli.config import load_recipe, recipe_from_dict, recipe_to_dict, recipe_to_toml
 from scl_cli.config.load import validate
 from scl_cli.errors import RecipeError
 
@@ -115,3 +115,11 @@ def test_cross_field_checks(tmp_path):
         load_recipe(write(tmp_path, "[objectives.itc]\nweight = 0\n"))
     with pytest.raises(RecipeError, match="not divisible by 3 devices"):
         load_recipe(write(tmp_path, "[optim]\nbatch_size = 8\n[topology]\ndevices_per_node = 3\n"))
+
+
+def test_data_root_may_be_a_url_that_stays_one():
+    r = load_recipe(RECIPES / "tiny.toml", ['data.root="s3://bucket/data/"', 'data.cache_dir="/tmp/shards"'])
+    assert r.data.root == "s3://bucket/data" and r.data.cache_dir == Path("/tmp/shards")
+    assert 'root = "s3://bucket/data"' in recipe_to_toml(r)  # not "s3:/bucket/data"
+    assert recipe_from_dict(recipe_to_dict(r)).data.root == "s3://bucket/data"
+    assert load_recipe(RECIPES / "tiny.toml", ['data.root="data"']).data.root == Path("data")

@@ -37,7 +37,9 @@ def test_one_node_is_standalone_torchrun_with_the_same_arguments():
     cmd = launch.torchrun_command(plan, ARGS)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert cmd[3:8] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "4"]
-    assert cmd[8:] == ["-m", "scl_cli.cli", *ARGS]
+    # torchrun leaves SIGTERM to the ranks (training.preemption) where it can be told to
+    assert cmd[8:] == [*launch._signal_args(), "-m", "scl_cli.cli", *ARGS]
+    assert launch._signal_args() == ["--signals-to-handle", "SIGINT,SIGHUP,SIGQUIT"]
 
 
 def test_slurm_gives_node_rank_master_and_a_job_port():
@@ -48,7 +50,7 @@ def test_slurm_gives_node_rank_master_and_a_job_port():
     assert plan.master_port == 20000 + 4711
     args = plan.torchrun_args()
     assert args == ["--nnodes", "4", "--nproc-per-node", "8", "--node-rank", "2",
-                    "--master-addr", "gpu10", "--master-port", "24711"]  # fmt: skip
+                    "--master-addr", "gpu10", "--master-port", "24711", "--rdzv-conf", "timeout=600"]  # fmt: skip
     with pytest.raises(UsageError, match="topology.nodes is 2 but this SLURM job has 4 nodes"):
         launch.plan_launch(TopologyConfig(nodes=2, devices_per_node=8), env)
 
