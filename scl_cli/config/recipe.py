@@ -87,6 +87,12 @@ class DataConfig(Section):
 class VisionConfig(Section):
     image_size: int = Field(288, ge=8, description="Input side in pixels (the position grid follows it).")
     patch_size: int = Field(16, ge=1)
+    stem: Literal["patch", "conv"] = Field(
+        "patch",
+        description="Patch embedding: 'patch' (CLIP's one convolution, kernel = stride = patch_size) or "
+        "'conv' (stride-2 3x3 convolutions down to the patch grid, then a 1x1 projection; Xiao et al. 2021, "
+        "for small ViTs trained from scratch; patch_size must be a power of two).",
+    )
     width: int = Field(768, ge=8)
     layers: int = Field(11, ge=1, description="ViT blocks kept (the paper keeps 11 of CLIP's 12).")
     heads: int = Field(12, ge=1)
@@ -112,6 +118,10 @@ class VisionConfig(Section):
             )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(
+                f"stem 'conv' needs a power-of-two patch_size of at least 2, got {self.patch_size}"
+            )
         return self
 
 

@@ -23,6 +23,7 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 _PHRASE = {"left": "moves to the left", "right": "moves to the right", "up": "moves up", "down": "moves down"}
 CLIP_FRAMES = 8
 CLIP_FPS = 8
+CLIP_GRID = 3  # clips keep a 3x3 layout: a mover sweeps three cells, so its direction shows in any two frames
 
 
 def clip_rng(seed: int, split: str, index: int) -> random.Random:
@@ -74,7 +75,7 @@ def render_clip(
                             cell if dy else mover.row, cell if dx else mover.col)  # fmt: skip
         shift = (offset if dx else 0.0, offset if dy else 0.0)
         scene = Scene((moved, *still), background, (shift, *[(0.0, 0.0)] * len(still)))
-        out.append(render_scene(scene, size))
+        out.append(render_scene(scene, size, grid=CLIP_GRID))
     return out
 
 

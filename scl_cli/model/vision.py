@@ -3,7 +3,9 @@ two image corruptions SCL needs (patch dropping and mask-token replacement).
 
 Parameter names follow CLIP (`conv1`, `class_embedding`, `positional_embedding`, `ln_pre`,
 `ln_post`, blocks with `ln_1` / `attn.in_proj_weight` / `mlp.c_fc` ...), so a CLIP state dict maps
-onto it by a prefix rename (`transformer.resblocks.` -> `blocks.`).
+onto it by a prefix rename (`transformer.resblocks.` -> `blocks.`). With `stem = "conv"` a few
+early convolutions (`stem.*`) come before `conv1`, which is then a 1x1 projection (no CLIP
+counterpart); with the default `stem = "patch"` the key layout is CLIP's.
 """
 
 from __future__ import annotations
@@ -74,6 +76,35 @@ class ResidualBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class ConvStem(nn.Sequential):
+    """Early convolutions for small ViTs trained from scratch (Xiao et al. 2021, "Early Convolutions
+    Help Transformers See Better"): log2(patch) stride-2 3x3 convolutions, each followed by GroupNorm
+    and GELU, channels doubling up to `width`. [N, 3, H, W] -> [N, width, H / patch, W / patch].
+
+    One-group GroupNorm (a LayerNorm over channels and positions) rather than the paper's
+    BatchNorm: per-sample statistics keep one process and N processes numerically equal and
+    train/eval identical. One group, not one per channel: normalising each channel over the image
+    (instance norm) erases the relative strength of the colour channels, and a model trained so
+    on `shapes` could not tell colours apart by ITC. A token still sees a few pixels of its
+    neighbours (receptive field 2 * patch - 1), so a masked or dropped patch is not entirely hidden.
+    """
+
+    def __init__(self, width: int, patch: int) -> None:
+        steps = patch.bit_length() - 1
+        layers: list[nn.Module] = []
+        channels_in = 3
+        for k in range(steps):
+            channels = max(8, width >> (steps - 1 - k))
+            layers += [
+                nn.Conv2d(channels_in, channels, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(1, channels),
+                nn.GELU(),
+            ]
+            channels_in = channels
+        super().__init__(*layers)
+        self.out_channels = channels_in
+
+
 class VisionEncoder(nn.Module):
     """CLIP ViT over clips: images [B, T, 3, H, W] -> ImageEncoding with tokens [B, T * (1 + n), width]."""
 
@@ -83,7 +114,12 @@ class VisionEncoder(nn.Module):
         width, patch = cfg.width, cfg.patch_size
         self.grid = cfg.image_size // patch
         self.num_patches = self.grid**2
-        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        if cfg.stem == "conv":
+            self.stem = ConvStem(width, patch)
+            self.conv1 = nn.Conv2d(self.stem.out_channels, width, kernel_size=1, bias=False)
+        else:
+            self.stem = None
+            self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(1 + self.num_patches, width))
@@ -156,7 +192,10 @@ class VisionEncoder(nn.Module):
         class token, position and, for T > 1, temporal embedding)."""
         self._check_input(images)
         batch, frames = images.shape[:2]
-        x = self.conv1(images.flatten(0, 1))  # [B*T, w, g, g]
+        x = images.flatten(0, 1)
+        if self.stem is not None:
+            x = self.stem(x)
+        x = self.conv1(x)  # [B*T, w, g, g]
         x = x.flatten(2).transpose(1, 2).unflatten(0, (batch, frames))  # [B, T, N, w]
         if token_mask is not None:
             if token_mask.dim() == 2:

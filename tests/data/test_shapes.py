@@ -12,7 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scl_cli.data.shapes import COLORS, GRID, NUMBER_WORDS, ShapeObject, holds, objects_from_json
+from scl_cli.data.shapes import (
+    COLORS,
+    GRID,
+    NUMBER_WORDS,
+    PALETTE_BLOCK,
+    PALETTE_COLORS,
+    ShapeObject,
+    block_palette,
+    generate_image,
+    holds,
+    objects_from_json,
+)
 from scl_cli.data.shards import iter_tar_samples, read_manifest, sha256_file, verify_shards
 from scl_cli.engines.prepare import PrepareSummary, prepare, prepare_shapes
 from scl_cli.errors import DataError, UsageError
@@ -158,6 +169,23 @@ def test_relations_follow_the_grid() -> None:
         holds(a, "left of", b) and holds(a, "above", b) and holds(b, "right of", a) and holds(b, "below", a)
     )
     assert not holds(a, "right of", b) and not holds(a, "below", b)
+
+
+def test_runs_of_images_share_a_palette() -> None:
+    # Hard negatives by layout: a batch read from one run holds images of the same few colours.
+    runs = []
+    for block in range(4):
+        colors = set()
+        for index in range(block * PALETTE_BLOCK, block * PALETTE_BLOCK + 40):
+            _, record = generate_image(0, "train", index, 32)
+            used = {o["color"] for o in record["objects"]}
+            assert used <= set(block_palette(0, "train", index)), (index, used)
+            colors |= used
+        assert len(colors) == PALETTE_COLORS
+        runs.append(frozenset(colors))
+    assert len(set(runs)) > 1  # different runs, different palettes
+    assert block_palette(0, "train", 5) == block_palette(0, "train", PALETTE_BLOCK - 1)
+    assert set(block_palette(0, "train", 0)) <= set(COLORS)
 
 
 def test_same_seed_same_bytes_any_worker_count(tiny_dataset: Path, tmp_path: Path) -> None:

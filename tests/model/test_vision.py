@@ -162,3 +162,46 @@ def test_interpolate_positional_embedding() -> None:
     torch.testing.assert_close(interpolate_positional_embedding(flat, 5)[1:], torch.ones(25, 4))
     with pytest.raises(ValueError, match="square"):
         interpolate_positional_embedding(torch.randn(11, 4), 3)
+
+
+def test_patch_stem_keeps_the_clip_key_layout() -> None:
+    keys = set(tiny().state_dict())
+    assert not any(k.startswith("stem.") for k in keys)
+    assert tiny().conv1.weight.shape == (32, 3, 8, 8)
+
+
+def test_conv_stem_layout_shapes_and_corruptions() -> None:
+    enc = tiny(stem="conv")
+    state = enc.state_dict()
+    # log2(8) = 3 stride-2 convolutions (each with GroupNorm), then conv1 as a 1x1 projection.
+    convs = [k for k in state if k.startswith("stem.") and state[k].dim() == 4]
+    assert [tuple(state[k].shape) for k in convs] == [(8, 3, 3, 3), (16, 8, 3, 3), (32, 16, 3, 3)]
+    assert enc.conv1.weight.shape == (32, 32, 1, 1)
+    images = torch.randn(2, 3, 3, 32, 32)
+    with torch.no_grad():
+        assert enc(images).tokens.shape == (2, 3 * (1 + N), 32)
+        keep = torch.tensor([[0, 5], [3, 15]])
+        assert enc(images, keep_index=keep).tokens.shape == (2, 3 * 3, 32)
+        token_mask = torch.zeros(2, N, dtype=torch.bool)
+        token_mask[:, 4] = True
+        embedded = enc.embed(images, token_mask)
+    torch.testing.assert_close(
+        embedded[:, :, 1 + 4], (enc.mask_token[0] + enc.positional_embedding[1 + 4]).expand(2, 3, -1)
+    )
+    # Per-sample normalisation: a sample encodes the same alone as in a batch (DDP-safe, no running stats).
+    with torch.no_grad():
+        torch.testing.assert_close(enc(images[:1]).tokens, enc(images).tokens[:1], atol=1e-5, rtol=1e-5)
+    assert not any("running" in k for k in state)
+
+
+def test_conv_stem_needs_a_power_of_two_patch() -> None:
+    with pytest.raises(ValueError, match="power-of-two"):
+        VisionConfig(image_size=48, patch_size=6, stem="conv")
+    assert VisionConfig(image_size=48, patch_size=16, stem="conv").stem == "conv"
+
+
+def test_conv_stem_normalises_over_all_channels() -> None:
+    # One group per layer: a per-channel (instance) norm rescales each channel on its own and loses
+    # how strongly the colour channels respond relative to each other (issue 15).
+    norms = [m for m in tiny(stem="conv").stem if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 3 and all(m.num_groups == 1 for m in norms)
