@@ -1,7 +1,7 @@
 """SCL's effect, measured: the tiny recipe pre-trained for several seeds with every objective ("full")
 and with the SCL terms off ("no_scl"), each checkpoint then evaluated zero-shot (ITC retrieval,
-the shapes probe of `benchmarks/probe_shapes.py`; ALIGN scores with `--align`) and fine-tuned on one
-task; mean +- std per arm.
+the shapes probe of `benchmarks/probe_shapes.py`, `scl align` on the shapes test split) and
+fine-tuned on one task; mean +- std per arm.
 
     python benchmarks/ablation.py --data demo-run/data --seeds 0 1 2 [--out ablation-runs]
         [--recipe recipes/tiny.toml] [--finetune recipes/finetune/shapes_retrieval.toml]
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune", type=Path, default=ROOT / "recipes" / "finetune" / "shapes_retrieval.toml")
     parser.add_argument("--no-finetune", dest="finetune", action="store_const", const=None)
     parser.add_argument("--no-probe", dest="probe", action="store_false")
-    parser.add_argument("--align", action="store_true",
-                        help="also `scl align` (needs a data set with ALIGN-BENCH boxes; shapes has none yet)")
+    parser.add_argument("--no-align", dest="align", action="store_false")
     parser.add_argument("--set", action="append", default=[], help="extra --set for the pre-training runs")
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -86,9 +86,9 @@ def test_zero_shot_retrieval_from_a_pretraining_checkpoint(shapes_root, tiny_ckp
 
 
 def test_image_size_change_interpolates_the_position_grid(shapes_root, tiny_ckpt):
-    r = load_recipe(RECIPES / "finetune" / "shapes_vqa.toml", ["model.vision.image_size=64", f'data.root="{shapes_root}"'])
+    r = load_recipe(RECIPES / "finetune" / "shapes_vqa.toml", ["model.vision.image_size=96", f'data.root="{shapes_root}"'])
     loaded = load_model(tiny_ckpt, r.model)
-    assert loaded.model.config.vision.image_size == 64
+    assert loaded.model.config.vision.image_size == 96
     assert any("interpolated" in note for note in loaded.notes)
 
 

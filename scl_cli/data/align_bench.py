@@ -63,7 +63,7 @@ class Region:
 @dataclass
 class AlignSample:
     key: str
-    image: Path
+    image: Path | bytes  # a file, or the encoded image itself (shapes, read from its shard)
     caption: str
     regions: dict[str, list[Region]]  # phrase (lower-case words) -> its annotated regions
 

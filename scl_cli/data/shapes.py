@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
@@ -121,24 +122,40 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, offset: tuple[float, float], cell: float, fill) -> None:
+    """One object, in its cell of side `cell` (supersampled pixels), shifted by `offset`."""
+    dx, dy = offset
+    extent = _SIZE_SHARE[obj.size] * cell
+    room = (cell - extent) / 2 * 0.8
+    cx, cy = (obj.col + 0.5) * cell + dx * room, (obj.row + 0.5) * cell + dy * room
+    r = extent / 2
+    if obj.shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        half = r * 0.85 if obj.shape == "square" else r
+        draw.polygon(_polygon(obj.shape, cx, cy, half), fill=fill)
+
+
 def render_scene(scene: Scene, image_size: int, grid: int = GRID) -> Image.Image:
     """RGB image [image_size, image_size] of the scene, its objects in a `grid` x `grid` layout."""
     side = image_size * _SUPERSAMPLE
-    cell = side / grid
     image = Image.new("RGB", (side, side), scene.background)
     draw = ImageDraw.Draw(image)
-    for obj, (dx, dy) in zip(scene.objects, scene.offsets, strict=True):
-        extent = _SIZE_SHARE[obj.size] * cell
-        room = (cell - extent) / 2 * 0.8
-        cx, cy = (obj.col + 0.5) * cell + dx * room, (obj.row + 0.5) * cell + dy * room
-        r = extent / 2
-        fill = COLORS[obj.color]
-        if obj.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        else:
-            half = r * 0.85 if obj.shape == "square" else r
-            draw.polygon(_polygon(obj.shape, cx, cy, half), fill=fill)
+    for obj, offset in zip(scene.objects, scene.offsets, strict=True):
+        _draw(draw, obj, offset, side / grid, COLORS[obj.color])
     return image.reduce(_SUPERSAMPLE)
+
+
+def object_masks(scene: Scene, image_size: int, grid: int = GRID) -> list[np.ndarray]:
+    """Per object, the bool [image_size, image_size] mask of the pixels `render_scene` paints
+    mostly in its colour (what an attention map should point at)."""
+    side = image_size * _SUPERSAMPLE
+    masks = []
+    for obj, offset in zip(scene.objects, scene.offsets, strict=True):
+        canvas = Image.new("L", (side, side), 0)
+        _draw(ImageDraw.Draw(canvas), obj, offset, side / grid, 255)
+        masks.append(np.asarray(canvas.reduce(_SUPERSAMPLE)) >= 128)
+    return masks
 
 
 def encode_jpeg(image: Image.Image, quality: int = 90) -> bytes:

@@ -3,6 +3,7 @@ globally and per annotated phrase, with the uniform-attention baseline."""
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from scl_cli.data.align_bench import iter_align_bench
+from scl_cli.data.align_bench import is_align_bench, iter_align_bench
+from scl_cli.data.shapes_align import is_shapes, iter_shapes_align
 from scl_cli.evaluation.align import AlignScores, caption_attention, score_image
 from scl_cli.inference import SCL
 from scl_cli.io.atomic import atomic_write_json
@@ -36,9 +38,11 @@ class AlignReport:
 
 
 def align(
-    ckpt: Path, data: Path, limit: int | None = None, device: str = "auto", reporter: Reporter | None = None
+    ckpt: Path, data: Path, limit: int | None = None, device: str = "auto", reporter: Reporter | None = None,
+    split: str = "test",
 ) -> AlignReport:
-    """Score `ckpt` on the ALIGN-BENCH folder `data` (images/ + pkls/)."""
+    """Score `ckpt` on the ALIGN-BENCH folder `data` (images/ + pkls/), or on `split` of a prepared
+    shapes data set (boxes and masks drawn again from its generator)."""
     reporter = reporter or NullReporter()
     started = time.perf_counter()
     scl = SCL.from_pretrained(ckpt, device=device)
@@ -46,7 +50,9 @@ def align(
     scores = AlignScores()
     count = 0
     with reporter.progress("align", limit) as task:
-        for sample in iter_align_bench(data, limit):
+        samples = (iter_shapes_align(data, split, limit) if is_shapes(data) and not is_align_bench(data)
+                   else iter_align_bench(data, limit))  # fmt: skip
+        for sample in samples:
             count += _score_sample(scl, sample, size, scores)
             task.advance()
     return AlignReport(str(scl.config.get("checkpoint", ckpt)), str(data), count,
@@ -54,7 +60,7 @@ def align(
 
 
 def _score_sample(scl: SCL, sample, size: int, scores: AlignScores) -> int:
-    with Image.open(sample.image) as opened:
+    with Image.open(io.BytesIO(sample.image) if isinstance(sample.image, bytes) else sample.image) as opened:
         image = opened.convert("RGB")
     width, height = image.size
     # Squashed to the model's square, as the scripts' Resize((size, size)) does (no crop).

@@ -3,6 +3,7 @@ uniform baseline, word merging, the mask resize, the restricted unpickler, and `
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -123,3 +124,46 @@ def test_scl_align_scores_a_checkpoint(tmp_path, shapes_root):
         assert 0.0 <= report["scores"][key] <= 1.0
         assert report["scores"][f"baseline_{key}"] == pytest.approx(0.25, abs=0.03)
     assert "global box" in proc.stdout and "uniform attention" in proc.stdout
+
+
+def test_shapes_samples_carry_each_object_phrase_with_its_box_and_mask(shapes_root):
+    from scl_cli.data.shapes import COLORS
+    from scl_cli.data.shapes_align import iter_shapes_align
+
+    samples = list(iter_shapes_align(shapes_root / "shapes", "test"))
+    assert samples and all(isinstance(s.image, bytes) for s in samples)
+    checked = 0
+    for sample in samples:
+        image = np.asarray(Image.open(io.BytesIO(sample.image)).convert("RGB"), dtype=np.float64)
+        for phrase, regions in sample.regions.items():
+            assert phrase in sample.caption  # the phrase is found among the caption's words
+            color = COLORS[phrase.split()[1]]
+            for r in regions:
+                x1, y1, x2, y2 = r.box
+                assert r.pixels.shape == image.shape[:2] and r.pixels[y1:y2, x1:x2].sum() == r.pixels.sum()
+                # The mask lies on the object: its pixels are the object's colour (JPEG aside).
+                assert np.abs(image[r.pixels].mean(0) - color).max() < 25, (sample.key, phrase)
+                checked += 1
+    assert checked >= len(samples)
+
+
+def test_shapes_align_refuses_data_the_generator_does_not_reproduce(shapes_root):
+    from scl_cli.data.shapes_align import shapes_align_sample
+
+    record = {"id": "test-000000", "objects": [{"shape": "star", "color": "red", "size": "small", "row": 0, "col": 0},
+                                               {"shape": "star", "color": "red", "size": "small", "row": 1, "col": 1},
+                                               {"shape": "star", "color": "red", "size": "small", "row": 0, "col": 1}]}  # fmt: skip
+    with pytest.raises(DataError, match="another version of `scl prepare shapes`"):
+        shapes_align_sample(record, b"", seed=12345, image_size=128)
+
+
+def test_scl_align_on_shapes(tmp_path, shapes_root):
+    run = tmp_path / "run"
+    proc = run_scl("pretrain", str(RECIPES / "tiny.toml"), *tiny_overrides(shapes_root, run, steps=1))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = tmp_path / "align.json"
+    proc = run_scl("align", "--ckpt", str(run), "--data", str(shapes_root / "shapes"), "--split", "val",
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["images"] > 0 and all(0.0 <= v <= 1.0 for v in report["scores"].values())

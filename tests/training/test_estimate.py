@@ -30,7 +30,8 @@ def test_dry_run_flops_equal_bench_and_the_projection_adds_up(shapes_root, tmp_p
     assert report.flops_per_sample == bench.flops_per_sample
     assert report.parameters == bench.parameters
     assert (report.micro_batch, report.accumulation) == (8, 2)
-    assert report.samples == 600 * 16 and report.wall_seconds == 600 * 16 / 4.0
+    steps = recipe.optim.max_steps
+    assert report.samples == steps * 16 and report.wall_seconds == steps * 16 / 4.0
     assert report.cost == report.gpu_hours * 2.0
     assert not (tmp_path / "run").exists()
 
