@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from scl_cli.config import load_recipe  # noqa: E402
 from scl_cli.engines.bench_pretrain import _vocab_and_spec, synthetic_batch  # noqa: E402
+from scl_cli.io.atomic import atomic_write_json  # noqa: E402
 from scl_cli.model import SCLModel  # noqa: E402
 from scl_cli.training.optim import build_optimizer  # noqa: E402
 from scl_cli.training.runtime import Runtime, seed_everything  # noqa: E402
@@ -230,11 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {info['graphs']} graph(s), {info['graph_breaks']} break(s)")
         for site, count in info["break_sites"].items():
             print(f"    {count:3d} x {site}")
-    text = json.dumps(result, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+        atomic_write_json(args.json, result)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -34,6 +34,7 @@ from scl_cli.data.shards import ShardWriter, write_manifest
 from scl_cli.data.stream import build_train_loader
 from scl_cli.data.tokenizer import train_bpe_tokenizer
 from scl_cli.data.transforms import ImageTransform
+from scl_cli.io.atomic import atomic_write_json
 
 WORDS = (
     "a man woman dog cat red blue green small large sitting on the next to a table street car tree".split()
@@ -134,7 +135,7 @@ def main() -> None:
     json.dump(report, sys.stdout, indent=2)
     print()
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from scl_cli.config import load_recipe  # noqa: E402
 from scl_cli.engines.bench_pretrain import synthetic_batch, synthetic_spec  # noqa: E402
+from scl_cli.io.atomic import atomic_write_json  # noqa: E402
 from scl_cli.model import SCLModel  # noqa: E402
 from scl_cli.objectives import build_objectives  # noqa: E402
 from scl_cli.training.optim import build_optimizer  # noqa: E402
@@ -493,11 +494,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"measured {measured['peak_gb']:.2f} GB ({100 * runs[-1]['error']:+.1f}%)")  # fmt: skip
         out["validation"] = runs
     out["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(out, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+        atomic_write_json(args.json, out)
+    print(json.dumps(out, indent=2))
     return 0
 
 

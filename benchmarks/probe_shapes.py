@@ -54,6 +54,7 @@ from scl_cli.data.shapes import (
 )
 from scl_cli.data.shards import iter_tar_samples, read_manifest
 from scl_cli.inference import SCL
+from scl_cli.io.atomic import atomic_write_json
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.ckpt, args.data, args.split, args.seed, args.per_combo, args.top, args.rerank, args.limit)
     print_report(report)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(args.json, report)
     return 0
 
 

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # scl_cli, when run from a checkout without installing it
 
 from scl_cli.engines.bench_pretrain import PEAK_BF16_FLOPS, BenchReport  # noqa: E402
+from scl_cli.io.atomic import atomic_write_json  # noqa: E402
 
 REQUIRED = ("transformers", "numpy", "tqdm")
 MASK_ID, PAD_ID, BOS_ID, EOS_ID, VOCAB = 50264, 1, 0, 2, 50265  # RoBERTa's ids, as the paper's code uses them
@@ -517,11 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     except ReferenceError as err:
         print(f"reference_step: {err}", file=sys.stderr)
         return 2
-    text = json.dumps(out, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+        atomic_write_json(args.json, out)
+    print(json.dumps(out, indent=2))
     return 0
 
 
