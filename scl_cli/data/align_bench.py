@@ -107,7 +107,7 @@ def iter_align_bench(folder: Path, limit: int | None = None) -> Iterator[AlignSa
     """The samples of an ALIGN-BENCH folder, in numeric order of their file names."""
     folder = Path(folder)
     if not is_align_bench(folder):
-        raise DataError(f"{folder}: not an ALIGN-BENCH folder (expected images/ and pkls/)")
+        raise DataError(f"{folder}: not an ALIGN-BENCH folder (expected images/ and pkls/) nor a prepared shapes data set")
     pkls = sorted(folder.glob("pkls/*.pkl"), key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem))
     for pkl in pkls[:limit]:
         yield read_sample(pkl, folder / "images")
