@@ -55,6 +55,8 @@ def test_finetune_then_evaluate(shapes_root, tiny_ckpt, tmp_path, recipe, metric
     report = json.loads(out.read_text())
     assert report["task"] == task and report["split"] == "test" and report["samples"] > 0
     assert metric in report["metrics"] and report["seconds"] > 0 and report["checkpoint"]
+    if task in ("vqa", "nlvr2"):  # shapes questions and statements are scored per kind as well
+        assert any(k.startswith("accuracy/") for k in report["metrics"]), report["metrics"]
 
     # The fine-tuned run describes its head and answers from Python.
     head = {"vqa": "vqa", "nlvr2": "nlvr2", "retrieval": "rank"}[task]

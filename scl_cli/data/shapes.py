@@ -387,10 +387,16 @@ STATEMENTS: tuple[Statement, ...] = (
 )  # fmt: skip
 
 
+def statement_kind(kind: Statement) -> str:
+    """The name a pair record gives a statement kind ('more_of_a_shape', 'side_has', ...)."""
+    return kind.__name__.lstrip("_")
+
+
 def make_statement(
     left: Sequence[ShapeObject], right: Sequence[ShapeObject], label: bool, rng: random.Random
-) -> str:
-    """A statement about the pair (left image, right image) whose truth is `label`.
+) -> tuple[str, str]:
+    """A statement about the pair (left image, right image) whose truth is `label`, and its kind
+    (`statement_kind`), so that the evaluation can say which kinds a model gets right.
 
     The kind of statement is drawn before the label is looked at, and only its details are redrawn
     until the truth matches: every kind is then true about half the time, so the words alone do
@@ -403,12 +409,12 @@ def make_statement(
         for _ in range(100):
             text, truth = kind(left, right, rng)
             if truth == label:
-                return text
+                return text, statement_kind(kind)
     # Unreachable in practice (the side statement alone is true or false half the time); kept total.
     o = left[0]
-    return (
-        f"the left image has {_a(f'{o.color} {o.shape}')}." if label else "neither image contains any shape."
-    )
+    if label:
+        return f"the left image has {_a(f'{o.color} {o.shape}')}.", statement_kind(_side_has)
+    return "neither image contains any shape.", statement_kind(_neither_has)
 
 
 # ----------------------------------------------------------------------------- one sample

@@ -79,11 +79,13 @@ def vqa_answer_vocabulary(data_root: Path | str, dataset: str) -> list[str]:
 
 
 def human_answers(question: dict[str, Any]) -> list[str]:
-    """The ten annotator answers (VQAv2) or the one generated answer, as a list."""
+    """The ten annotator answers (VQAv2), or a generated answer (shapes) as ten agreeing annotators:
+    it is certain, so it trains with soft score 1 and is scored like a unanimous VQAv2 question (one
+    copy would train towards VQAv2's 0.3 for an answer one annotator of ten gave)."""
     answers = question.get("answers")
     if answers:
         return [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
-    return [question["answer"]] if "answer" in question else []
+    return [question["answer"]] * 10 if "answer" in question else []
 
 
 def majority_answer(data_root: Path | str, dataset: str) -> str:

@@ -202,9 +202,10 @@ def _write_pairs(
         for index in _reporting(progress, f"nlvr2/{split}", count, range(count)):
             first, second, label, rng = generate_pair(seed, split, index, len(images))
             (jpeg0, rec0), (jpeg1, rec1) = images[first], images[second]
-            statement = make_statement(objects_from_json(rec0), objects_from_json(rec1), label, rng)
+            statement, kind = make_statement(objects_from_json(rec0), objects_from_json(rec1), label, rng)
             key = f"{split}-pair-{index:06d}"
-            record = {"id": key, "statement": statement, "label": label, "images": [rec0["id"], rec1["id"]]}
+            record = {"id": key, "statement": statement, "label": label, "type": kind,
+                      "images": [rec0["id"], rec1["id"]]}  # fmt: skip
             writer.write({"__key__": key, "img0.jpg": jpeg0, "img1.jpg": jpeg1, "json": _dumps(record)})
             statements.append(statement)
     return count, writer.shards, statements

@@ -47,9 +47,9 @@ def eval_vqa(model: SCL, data: EvalData, batch_size: int, progress) -> EvalRepor
                 qid = len(predictions)
             predictions[qid] = answer
             humans = human_answers(q)
-            if len(humans) == 1:
+            if humans and not q.get("answers"):
                 # A generated answer ("two") is canonicalised like VQAv2's own answers ("2").
-                humans = [normalize_vqa_answer(humans[0])] * 10
+                humans = [normalize_vqa_answer(humans[0])] * len(humans)
             if humans:
                 acc = vqa_accuracy(answer, humans)
                 scores.append(acc)

@@ -18,11 +18,13 @@ from scl_cli.data.shapes import (
     NUMBER_WORDS,
     PALETTE_BLOCK,
     PALETTE_COLORS,
+    STATEMENTS,
     ShapeObject,
     block_palette,
     generate_image,
     holds,
     objects_from_json,
+    statement_kind,
 )
 from scl_cli.data.shards import iter_tar_samples, read_manifest, sha256_file, verify_shards
 from scl_cli.engines.prepare import PrepareSummary, prepare, prepare_shapes
@@ -73,7 +75,7 @@ def test_layout_and_counts_match_the_tars(tiny_dataset: Path) -> None:
     assert Image.open(io.BytesIO(sample["jpg"])).size == (TINY["image_size"],) * 2
     pair = next(iter_tar_samples(tiny_dataset / "nlvr2/train/000000.tar"))
     assert set(pair) == {"__key__", "img0.jpg", "img1.jpg", "json"}
-    assert set(json.loads(pair["json"])) == {"id", "statement", "label", "images"}
+    assert set(json.loads(pair["json"])) == {"id", "statement", "label", "type", "images"}
 
 
 def test_manifest_checksums_match_the_files(tiny_dataset: Path) -> None:
@@ -147,18 +149,20 @@ def test_pair_statements_are_balanced_and_true(tiny_dataset: Path) -> None:
         both = pair[0] + pair[1]
         s = p["statement"]
         if m := re.fullmatch(r"there are exactly (\w+) shapes in total\.", s):
-            truth = NUMBER_WORDS.index(m[1]) == len(both)
+            truth, kind = NUMBER_WORDS.index(m[1]) == len(both), "total"
         elif m := re.fullmatch(r"the (left|right) image has an? (\w+) (\w+)\.", s):
-            truth = any((o.color, o.shape) == (m[2], m[3]) for o in _side(pair, m[1]))
+            truth, kind = any((o.color, o.shape) == (m[2], m[3]) for o in _side(pair, m[1])), "side_has"
         elif m := re.fullmatch(r"both images contain an? (\w+) shape\.", s):
-            truth = all(any(o.color == m[1] for o in side) for side in pair)
+            truth, kind = all(any(o.color == m[1] for o in side) for side in pair), "both_have_color"
         elif m := re.fullmatch(r"neither image contains an? (\w+) (\w+)\.", s):
-            truth = not any((o.color, o.shape) == (m[1], m[2]) for o in both)
+            truth, kind = not any((o.color, o.shape) == (m[1], m[2]) for o in both), "neither_has"
         elif m := re.fullmatch(r"the (left|right) image has more shapes than the (left|right) image\.", s):
-            truth = len(_side(pair, m[1])) > len(_side(pair, m[2]))
+            truth, kind = len(_side(pair, m[1])) > len(_side(pair, m[2])), "more_shapes"
         else:
+            assert p["type"] in {statement_kind(k) for k in STATEMENTS}, p
             continue
         assert truth == p["label"], (s, pair)
+        assert p["type"] == kind, (s, p["type"])  # the evaluation's per-kind accuracy reads it
         checked += 1
     assert checked >= 4
 
