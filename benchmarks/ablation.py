@@ -4,7 +4,7 @@ the shapes probe of `benchmarks/probe_shapes.py`, `scl align` on the shapes test
 fine-tuned on one task; mean +- std per arm.
 
     python benchmarks/ablation.py --data demo-run/data --seeds 0 1 2 [--out ablation-runs]
-        [--recipe recipes/tiny.toml] [--finetune recipes/finetune/shapes_retrieval.toml]
+        [--recipe recipes/tiny.toml] [--finetune recipes/finetune/shapes_nlvr2.toml]
 
 Every run goes through the `scl` command line in its own process, exactly as a user would run it,
 and what is done is kept: re-running the command finishes an interrupted ablation. The table is
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("ablation-runs"))
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "tiny.toml")
-    parser.add_argument("--finetune", type=Path, default=ROOT / "recipes" / "finetune" / "shapes_retrieval.toml")
+    parser.add_argument("--finetune", type=Path, default=ROOT / "recipes" / "finetune" / "shapes_nlvr2.toml")
     parser.add_argument("--no-finetune", dest="finetune", action="store_const", const=None)
     parser.add_argument("--no-probe", dest="probe", action="store_false")
     parser.add_argument("--no-align", dest="align", action="store_false")
