@@ -15,21 +15,18 @@ makes the same first three captions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scl_cli.data.shapes import (  # the captions' own wording helpers, so the phrases match exactly
-    _PLACE,
+from scl_cli.data.shapes import (  # the captions' own wording, so the phrases match exactly
     RELATIONS,
     ShapeObject,
-    _a,
-    _describe,
     block_palette,
     holds,
     make_captions,
+    place_caption,
     relation_phrase,
     sample_scene,
     scene_rng,
@@ -45,7 +42,13 @@ def _key(o: ShapeObject) -> tuple[str, str, str]:
 
 
 def _pairs(objects: Objects) -> set[tuple]:
-    return {(_key(a), r, _key(b)) for a in objects for b in objects for r in RELATIONS if a is not b and holds(a, r, b)}
+    return {
+        (_key(a), r, _key(b))
+        for a in objects
+        for b in objects
+        for r in RELATIONS
+        if a is not b and holds(a, r, b)
+    }
 
 
 def _truths(objects: Objects) -> dict[str, object]:
@@ -70,7 +73,7 @@ def _said(objects: Objects, caption: str, kind: str) -> Callable[[dict], bool]:
         said = {(_key(a), r, _key(b)) for a in objects for b in objects for r in RELATIONS
                 if a is not b and f"{relation_phrase(a, r, b)}." == caption}  # fmt: skip
         return lambda t: bool(said & t["relation_or_only"])
-    said = {(_key(o), o.row, o.col) for o in objects if f"{_a(_describe(o))} {_PLACE[(o.row, o.col)]}." == caption}
+    said = {(_key(o), o.row, o.col) for o in objects if place_caption(o) == caption}
     return lambda t: bool(said & t["place"])
 
 

@@ -122,7 +122,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject, offset: tuple[float, float], cell: float, fill) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw, obj: ShapeObject, offset: tuple[float, float], cell: float, fill
+) -> None:
     """One object, in its cell of side `cell` (supersampled pixels), shifted by `offset`."""
     dx, dy = offset
     extent = _SIZE_SHARE[obj.size] * cell
@@ -196,6 +198,11 @@ def relation_phrase(a: ShapeObject, relation: str, b: ShapeObject) -> str:
     return f"{_a(_describe(a))} {_RELATION_WORDS[relation]} {_a(_describe(b))}"
 
 
+def place_caption(obj: ShapeObject) -> str:
+    """'a large red circle in the top left corner.' (the caption naming one object's place)."""
+    return f"{_a(_describe(obj))} {_PLACE[(obj.row, obj.col)]}."
+
+
 def holds(a: ShapeObject, relation: str, b: ShapeObject) -> bool:
     """Whether `a` is `relation` ('left of', 'right of', 'above', 'below') `b` on the grid."""
     return {
@@ -236,10 +243,7 @@ def make_captions(objects: Sequence[ShapeObject], rng: random.Random) -> list[st
     else:
         x = _a(_describe(objects[0]))
         captions.append(rng.choice(("only {}.", "just {}.")).format(x))
-    o = rng.choice(objects)
-    captions.append(
-        f"{_a(_describe(o))} {_PLACE[(o.row, o.col)]}."
-    )
+    captions.append(place_caption(rng.choice(objects)))
     return captions
 
 
