@@ -103,11 +103,13 @@ def ceiling(seed: int, split: str, images: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--split", default="val")
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images {args.images}: need at least 1")
     result = ceiling(args.seed, args.split, args.images)
     print(f"text-to-image R@1 ceiling on {args.split}[:{args.images}] ({result['captions']} captions): "
           f"{result['t2i_r1_ceiling']:.1f}")  # fmt: skip
