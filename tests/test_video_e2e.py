@@ -4,6 +4,7 @@ text-to-video retrieval and the motion-foil rate through the CLI."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -20,11 +21,21 @@ pytestmark = pytest.mark.slow
 def test_mixed_pretraining_then_video_retrieval(shapes_root, tmp_path):
     run = tmp_path / "mixed"
     proc = run_scl("pretrain", str(RECIPES / "tiny_mixed.toml"), "--plain",
-                   *tiny_overrides(shapes_root, run, steps=4, **{"data.num_frames": 2, "output.checkpoint_every": 4}))  # fmt: skip
+                   *tiny_overrides(shapes_root, run, steps=4, **{"data.num_frames": 2, "output.checkpoint_every": 4,
+                                                                  "log.every": 2}))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     # Every step says which media its batch held; with 4 steps both kinds are likely but not certain.
     assert all("video_batches" in row and "loss_image" in row and "loss_video" in row for row in logged)
+    # The recipe's time-order terms are logged as means over the clip batches of each window (null
+    # when a window held none); at the start a clip and its reversal score alike: ln 2.
+    for row in logged:
+        for key in ("itc/order", "itm/order"):
+            assert key in row and f"{key}/accuracy" in row
+            if row["video_batches"] > 0:
+                assert abs(row[key] - math.log(2)) < 0.05, row
+            else:
+                assert row[key] is None or math.isnan(row[key])
 
     ft = tmp_path / "ft"
     sets = {"data.root": f'"{shapes_root}"', "output.dir": f'"{ft}"', "optim.batch_size": 4, "task.epochs": 0.2,

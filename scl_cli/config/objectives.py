@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENTRY_POINT_GROUP = "scl_cli.objectives"
 PAPER_ORDER = ("itc", "itm", "mlm", "scl_global", "scl_local")
@@ -52,16 +52,36 @@ class ITCSettings(ObjectiveSettings):
         False,
         description="On clip batches, each clip played backwards is one more negative for the captions.",
     )
+    order_weight: float = Field(
+        0.0,
+        ge=0,
+        description="With reversed_clips: weight of a time-order term added on clip batches, each caption's "
+        "two-way softmax (at the ITC temperature) between its clip and that clip played backwards. In the "
+        "batch softmax a reversal is one candidate among 2B, which taught no order on the shapes clips.",
+    )
     gather: Gather = Field(
         "global", description=GATHER_DESCRIPTION + " 'paper': features gathered (1/world), the temperature "
         "trains at full weight."
     )
+
+    @model_validator(mode="after")
+    def _order_needs_reversed(self) -> ITCSettings:
+        if self.order_weight > 0 and not self.reversed_clips:
+            raise ValueError("order_weight needs reversed_clips = true (it compares each clip with its reversal)")
+        return self
 
 
 class ITMSettings(ObjectiveSettings):
     name = "itm"
     objective = "scl_cli.objectives.itm:ITM"
     negatives: Literal["random", "hard"] = "random"
+    order_weight: float = Field(
+        0.0,
+        ge=0,
+        description="On clip batches, weight of a time-order term: each caption's match score (ITM log-odds) "
+        "on its clip against on that clip played backwards, a two-way softmax (one more fusion pass of B "
+        "pairs per clip step). An scl option, not in the paper.",
+    )
 
 
 class MLMSettings(ObjectiveSettings):

@@ -99,6 +99,13 @@ class VisionConfig(Section):
     mlp_ratio: float = Field(4.0, gt=0)
     max_frames: int = Field(8, ge=1, description="Size of the learned temporal embedding.")
     temporal_attention: bool = Field(False, description="Let patches attend across frames inside the ViT.")
+    temporal_init: Literal["zeros", "normal"] = Field(
+        "zeros",
+        description="Initial temporal embedding. 'zeros': a clip starts out seen as independent frames (the "
+        "start from CLIP weights, which know no time). 'normal': N(0, width^-0.5), like the position table; "
+        "a model trained from scratch needs it, as from zeros a clip and its time reversal keep the same "
+        "features and nothing learns the order of frames (shapes clips, issue 15).",
+    )
     weights: str = Field(
         "vit_base_patch16_clip_224.openai",
         description="Initialisation when model.init = 'pretrained': timm name, CLIP file or local path.",

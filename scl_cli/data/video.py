@@ -67,17 +67,36 @@ def check_video(data: bytes) -> bytes:
 
 
 def segment_frames(total: int, num_frames: int, rng: random.Random | None = None) -> list[int]:
-    """Indices of `num_frames` frames out of `total`, one per equal segment: the segment's middle
-    frame without `rng` (evaluation), a uniformly random one with it (training). A clip shorter
-    than `num_frames` repeats frames, still in order."""
+    """Indices of `num_frames` frames out of `total`, one per equal segment: the frame nearest the
+    segment's middle without `rng` (evaluation), a uniformly random one with it (training). A clip
+    shorter than `num_frames` repeats frames, still in order.
+
+    A middle that falls halfway between two frames (segments of an even length) goes to the frame
+    nearer the middle of the clip, so the frames taken from a clip played backwards are the frames
+    taken from the clip, backwards: rounding every tie down (8 frames, 4 segments -> 0, 2, 4, 6)
+    would show a clip's last frame but never its first, and a model could then tell a clip from
+    its reversal, or a motion from its opposite, without knowing the order of the frames. (A middle
+    halfway between the clip's two middle frames, an odd number of frames out of an even number,
+    cannot mirror itself and takes the later one.)"""
     if total < 1 or num_frames < 1:
         raise ValueError(f"need total >= 1 and num_frames >= 1, got {total}, {num_frames}")
     edges = np.linspace(0, total, num_frames + 1)
     out = []
     for start, end in zip(edges[:-1], edges[1:], strict=True):
-        lo, hi = int(start), max(int(start), int(np.ceil(end)) - 1)
-        out.append(rng.randint(lo, hi) if rng is not None else (lo + hi) // 2)
-    return [min(i, total - 1) for i in out]
+        if rng is not None:
+            lo, hi = int(start), max(int(start), int(np.ceil(end)) - 1)
+            out.append(rng.randint(lo, hi))
+        else:
+            out.append(_nearest_toward_middle((start + end) / 2 - 0.5, (total - 1) / 2))
+    return [min(max(i, 0), total - 1) for i in out]
+
+
+def _nearest_toward_middle(position: float, middle: float) -> int:
+    """The integer nearest `position`; a tie goes to the side of `middle`."""
+    below = int(np.floor(position))
+    if abs(position - below - 0.5) > 1e-9:
+        return int(np.floor(position + 0.5))
+    return below + 1 if below < middle else below
 
 
 def decode_clip(

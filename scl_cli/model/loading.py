@@ -26,7 +26,8 @@ from scl_cli.model.vision import interpolate_positional_embedding
 # how the weights that the checkpoint then replaces were drawn).
 ADJUSTABLE = {("vision", "image_size"), ("fusion", "dropout"), ("init",), ("vision", "weights"),
               ("text", "weights"), ("text", "tokenizer"), ("vision", "temporal_attention"),
-              ("itc_init",), ("vision", "mask_token_std")}  # fmt: skip
+              ("itc_init",), ("vision", "mask_token_std"),
+              ("vision", "temporal_init")}  # fmt: skip
 
 
 @dataclass

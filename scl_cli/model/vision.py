@@ -123,8 +123,12 @@ class VisionEncoder(nn.Module):
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(1 + self.num_patches, width))
-        # Zeros: a clip starts out seen as independent CLIP frames; T = 1 never uses it.
-        self.temporal_embedding = nn.Parameter(torch.zeros(cfg.max_frames, width))
+        # Zeros: a clip starts out seen as independent CLIP frames; T = 1 never uses it. From scratch,
+        # zeros are a fixed point: a clip and its reversal get equal features, so no gradient tells them apart.
+        temporal = torch.zeros(cfg.max_frames, width)
+        if cfg.temporal_init == "normal":
+            temporal = scale * torch.randn(cfg.max_frames, width)
+        self.temporal_embedding = nn.Parameter(temporal)
         # Local SCL's mask token: normal(0, mask_token_std); the paper's code uses torch.randn (std 1).
         self.mask_token = nn.Parameter(cfg.mask_token_std * torch.randn(1, width))
         self.ln_pre = nn.LayerNorm(width)

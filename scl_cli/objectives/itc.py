@@ -5,6 +5,12 @@ backwards as a negative for the captions: in-batch negatives almost never differ
 clip only in the order of its frames, so without them nothing teaches the direction of motion
 ("Test of Time", Bagad et al., CVPR 2023, trains with the same time-reversed negatives).
 
+`order_weight` > 0 adds, on those batches, a time-order term: for each caption, the cross-entropy
+of the two-way softmax between its clip and the same clip backwards. Among the 2B candidates of the
+batch softmax a caption's one reversal weighs little; measured on the shapes clips, the reversals
+alone left the foil test at chance, the order term (with `model.vision.temporal_init = "normal"`)
+did not (README, shapes benchmark).
+
 `gather = "paper"`: the released `compute_con` (all-gather whose backward keeps the local slice,
 the whole loss on every process): the features train at 1/world of the weight, the temperature
 at full weight.
@@ -12,9 +18,12 @@ at full weight.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from scl_cli.config.objectives import ITCSettings
 from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.contrastive import symmetric_contrastive_loss
+from scl_cli.objectives.contrastive import at_least_fp32, autocast_off, symmetric_contrastive_loss
 from scl_cli.objectives.registry import LossOutput, Objective
 
 # Keeps a learned temperature from collapsing to zero (open_clip clamps its logit scale likewise).
@@ -29,15 +38,39 @@ class ITC(Objective):
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("full",), ("full", "reversed") if self.settings.reversed_clips else ("full",)
 
+    def clip_logs(self) -> tuple[str, ...]:
+        return (
+            ("order", "order/accuracy") if self.settings.reversed_clips and self.settings.order_weight else ()
+        )
+
     def loss(self, ctx: StepContext) -> LossOutput:
         text, image = ctx.itc()
         temperature = ctx.model.itc_temperature.clamp(min=MIN_TEMPERATURE)
         reversed_clips = None
         if self.settings.reversed_clips and ctx.frames > 1:
             reversed_clips = ctx.model.itc_image(ctx.image("reversed"))
-        return {
-            "loss": symmetric_contrastive_loss(
-                text, image, temperature, extra_b=reversed_clips, gather=self.settings.gather
-            ),
-            "temperature": temperature.detach(),
-        }
+        loss = symmetric_contrastive_loss(
+            text, image, temperature, extra_b=reversed_clips, gather=self.settings.gather
+        )
+        out = {"temperature": temperature.detach()}
+        if reversed_clips is not None and self.settings.order_weight > 0:
+            order, accuracy = time_order_loss(text, image, reversed_clips, temperature)
+            loss = loss + self.settings.order_weight * order
+            out |= {"order": order.detach(), "order/accuracy": accuracy}
+        return {"loss": loss, **out}
+
+
+def time_order_loss(
+    text: torch.Tensor, clips: torch.Tensor, reversed_clips: torch.Tensor, temperature: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over captions of -log softmax([t.v, t.v_rev] / temperature)[0] (unit-norm rows [B, E]),
+    in fp32 with autocast off like every contrastive logit; and the share of captions whose clip
+    scores above its reversal (detached)."""
+    with autocast_off(text.device.type):
+        t = at_least_fp32(text)
+        pair = torch.stack(
+            [(t * at_least_fp32(clips)).sum(-1), (t * at_least_fp32(reversed_clips)).sum(-1)], dim=-1
+        )
+        pair = pair / temperature
+    loss = F.softplus(pair[:, 1] - pair[:, 0]).mean()  # = cross-entropy with the clip as the label
+    return loss, (pair[:, 0] > pair[:, 1]).to(torch.float32).mean().detach()

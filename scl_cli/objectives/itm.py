@@ -4,6 +4,12 @@ Negatives reuse the step's unimodal encodings: the text keeps its place and the 
 from another sample, either at random (the paper) or in proportion to the ITC similarity (ALBEF's
 hard negatives, `negatives = "hard"`). No extra image is loaded or encoded.
 
+`order_weight` > 0 adds, on clip batches, a time-order term for the fusion: over the positive
+pairs, each caption's match log-odds on its clip against on the clip played backwards, a two-way
+softmax (the ITC option's twin, see objectives.itc): random and in-batch negatives almost never
+differ from a clip only in the order of its frames. It costs one more fusion pass of B pairs per
+clip step.
+
 Across processes the choice is made over the *global* batch, with the step's shared random
 draws (`StepRandom`), so a run on N processes picks exactly the pairs one process would on the
 same global batch. Random negatives are planned on the host, so each process fetches only the
@@ -54,7 +60,10 @@ class ITM(Objective):
     settings: ITMSettings
 
     def encodings(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return ("full",), ("full",)
+        return ("full",), ("full", "reversed") if self.settings.order_weight else ("full",)
+
+    def clip_logs(self) -> tuple[str, ...]:
+        return ("order", "order/accuracy") if self.settings.order_weight else ()
 
     def plan(self, ctx: StepContext) -> None:
         rnd, B, device = ctx.random, ctx.batch_size, ctx.device
@@ -74,9 +83,28 @@ class ITM(Objective):
             plan = torch.where(negative, random_other_index(N, generator=rnd.host), torch.arange(N))
             index = rnd.local(plan).to(device, non_blocking=True)
         ctx.request_fusion("itm", text="full", image="full", image_index=index, image_plan=plan)
+        if self.settings.order_weight and ctx.frames > 1:
+            ctx.request_fusion("itm_reversed", text="full", image="reversed")
 
     def loss(self, ctx: StepContext) -> LossOutput:
         logits = ctx.model.itm_logits(ctx.pooled("itm"))
         labels = (~self.is_negative).long()
         accuracy = (logits.argmax(dim=1) == labels).to(torch.float32).mean()
-        return {"loss": F.cross_entropy(logits, labels), "accuracy": accuracy.detach()}
+        out = {"loss": F.cross_entropy(logits, labels), "accuracy": accuracy.detach()}
+        if self.settings.order_weight and ctx.frames > 1:
+            # The positive rows hold each caption with its own clip; the pass above scored them already.
+            own = ~self.is_negative
+            forward = match_log_odds(logits)
+            backward = match_log_odds(ctx.model.itm_logits(ctx.pooled("itm_reversed")))
+            count = own.sum().clamp(min=1)
+            order = torch.where(own, F.softplus(backward - forward), 0.0).sum() / count
+            right = torch.where(own, (forward > backward).to(torch.float32), 0.0).sum() / count
+            out["loss"] = out["loss"] + self.settings.order_weight * order
+            out |= {"order": order.detach(), "order/accuracy": right.detach()}
+        return out
+
+
+def match_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """[B, 2] ITM logits (no match, match) -> [B] log-odds of a match, in at least fp32."""
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    return logits[:, 1] - logits[:, 0]

@@ -59,6 +59,11 @@ class Objective:
     def plan(self, ctx: StepContext) -> None:
         """Declare fusion passes with `ctx.request_fusion(...)`; default: none."""
 
+    def clip_logs(self) -> tuple[str, ...]:
+        """Keys of the values `loss` reports on clip batches only (a time-order term, say). In a run
+        that mixes images and clips they are logged as means over its clip batches."""
+        return ()
+
     def loss(self, ctx: StepContext) -> LossOutput:
         """`{"loss": unweighted loss, **detached values to log}`."""
         raise NotImplementedError(f"objective {self.name!r} does not define loss()")

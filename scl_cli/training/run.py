@@ -175,6 +175,7 @@ def run_training(
             stop_at=stop_at,
             evaluator=_evaluator(recipe, model, tokenizer, runtime, run_dir, datasets, split, group, config, files,
                                  metrics, reporter, resuming=saved is not None),
+            clip_only_logs=step_module.clip_only_logs,
         )  # fmt: skip
         if saved is not None:
             state = trainer.load_training_state(saved)

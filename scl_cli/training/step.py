@@ -43,6 +43,11 @@ class TrainStep(nn.Module):
         self.draws = 0  # micro-batches run so far: the position in the random stream
         # Set by the run when its data mixes images and clips: the logs then split the loss by media.
         self.mixed_media = False
+        # Logged on clip batches only (zeros on image batches of a mixed run; the trainer's `_flush`
+        # turns their window sums into means over clip batches).
+        self.clip_only_logs = frozenset(
+            f"{name}/{key}" for name, objective in objectives.items() for key in objective.clip_logs()
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Returns `total` (weighted sum, with gradient) and detached per-objective values:
@@ -79,6 +84,8 @@ class TrainStep(nn.Module):
             logs["video_batches"] = torch.tensor(video, device=ctx.device)
             logs["loss_video"] = total.detach() * video
             logs["loss_image"] = total.detach() * (1.0 - video)
+            for key in self.clip_only_logs:
+                logs.setdefault(key, torch.zeros((), device=ctx.device))
         return logs
 
 

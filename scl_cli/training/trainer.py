@@ -78,6 +78,7 @@ class Trainer:
         max_bad_samples: float = 1.0,
         stop_at: int | None = None,
         evaluator=None,
+        clip_only_logs: frozenset[str] = frozenset(),
         stop: StopRequest | None = None,
     ) -> None:
         self.step_module = step_module
@@ -100,6 +101,7 @@ class Trainer:
         self.reload, self.rebatch = reload, rebatch
         self.max_bad_samples = max_bad_samples
         self.evaluator = evaluator  # evaluation during training (`training.evaluator`), or None
+        self.clip_only_logs = clip_only_logs  # logs of clip batches only (`TrainStep.clip_only_logs`)
         self.stop_at = max_steps if stop_at is None else min(stop_at, max_steps)  # the loop's end
         self.stop = stop
         self.skips: SkipCounter | None = None  # the stream's skipped-sample accounting, if it has one
@@ -345,6 +347,8 @@ class Trainer:
             share = values["video_batches"]
             values["loss_video"] = values["loss_video"] / share if share > 0 else float("nan")
             values["loss_image"] = values["loss_image"] / (1 - share) if share < 1 else float("nan")
+            for key in self.clip_only_logs & values.keys():
+                values[key] = values[key] / share if share > 0 else float("nan")
         group = self.optimizer.param_groups[0]
         values["lr"] = group["lr"] / group.get("lr_mult", 1.0)  # the encoders' rate; others scale it
         values["samples_per_s"] = self.samples_seen / max(seconds, 1e-9)

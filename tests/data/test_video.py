@@ -39,8 +39,10 @@ def counting_clip(frames: int, size: int = 32) -> bytes:
 
 
 def test_segment_frames_middle_at_eval_random_within_segments_in_training() -> None:
-    assert segment_frames(8, 4) == [0, 2, 4, 6]
     assert segment_frames(12, 4) == [1, 4, 7, 10]  # the middle frame of each segment of three
+    # Segments of two frames: each middle is a tie, broken toward the middle of the clip.
+    assert segment_frames(8, 4) == [1, 3, 4, 6]
+    assert segment_frames(100, 4) == [12, 37, 62, 87]
     rng = random.Random(0)
     for _ in range(50):
         picks = segment_frames(20, 4, rng)
@@ -50,12 +52,26 @@ def test_segment_frames_middle_at_eval_random_within_segments_in_training() -> N
     assert all(0 <= i < 2 for i in segment_frames(2, 4))
 
 
+def test_evaluation_frames_of_a_reversed_clip_are_the_frames_of_the_clip_reversed() -> None:
+    # Otherwise a clip could be told from its reversal (and a motion from its opposite) by which end
+    # frames were taken, without the order of frames: 8 frames gave 0, 2, 4, 6 (issue 15).
+    for total in range(1, 41):
+        for frames in range(1, 9):
+            picks = segment_frames(total, frames)
+            assert picks == sorted(picks) and all(0 <= i < total for i in picks)
+            if total % 2 == 0 and frames % 2:  # the middle pick falls between the two middle frames:
+                continue  # one frame cannot be both; the others still mirror each other
+            assert [total - 1 - i for i in reversed(picks)] == picks, (total, frames)
+    picks = segment_frames(8, 3)
+    assert picks == [1, 4, 6] and picks[0] == 7 - picks[2]
+
+
 def test_decode_clip_takes_the_segment_frames_and_one_crop_for_all() -> None:
     data = counting_clip(8)
     clip = decode_clip(data, 4, ImageTransform(16, augment=False))
     assert clip.shape == (4, 3, 16, 16) and clip.dtype == torch.uint8
     levels = clip.float().mean(dim=(1, 2, 3)) / 20
-    assert torch.allclose(levels, torch.tensor([0.0, 2.0, 4.0, 6.0]), atol=0.2)  # the frames segment_frames names
+    assert torch.allclose(levels, torch.tensor([1.0, 3.0, 4.0, 6.0]), atol=0.2)  # the frames segment_frames names
 
     # A training crop is one box for every frame: the same pixels of a still scene in every frame.
     still = generate_clip(0, "train", 0, 64)[0]

@@ -68,6 +68,21 @@ def test_temporal_embedding_ignored_for_one_frame_used_for_clips() -> None:
         assert not torch.allclose(enc(images).tokens, before_clip)
 
 
+def test_temporal_init_normal_tells_a_clip_from_its_reversal_from_the_start() -> None:
+    # From zeros (the default, right for CLIP weights) a clip and its time reversal get the same
+    # global feature, so a from-scratch model has no gradient that separates them (issue 15).
+    clip = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        zeros = tiny()
+        assert torch.count_nonzero(zeros.temporal_embedding) == 0
+        torch.testing.assert_close(zeros(clip).global_feature, zeros(clip.flip(1)).global_feature)
+        normal = tiny(temporal_init="normal")
+        assert 0.7 < float(normal.temporal_embedding.std()) * 32**0.5 < 1.3  # N(0, width^-0.5)
+        assert not torch.allclose(normal(clip).global_feature, normal(clip.flip(1)).global_feature, atol=1e-4)
+    with pytest.raises(ValueError, match="temporal_init"):
+        VisionConfig(temporal_init="uniform")
+
+
 def test_mask_token_replaces_patch_before_position_embedding() -> None:
     enc = tiny()
     masked = 5

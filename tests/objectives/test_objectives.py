@@ -1,6 +1,7 @@
 """Each registered objective against a plain re-statement of its formula (DESIGN §1.2), on fixed
 tensors served by a stand-in for the step context."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -29,7 +30,7 @@ class FakeContext:
         self.requests = {}
         self.outputs = {
             name: SimpleNamespace(text=r(B, L, D), image=r(B, S * frames, D))
-            for name in ("itm", "mlm", "scl_masked_image", "scl_masked_text", "scl_masktok_image")
+            for name in ("itm", "mlm", "scl_masked_image", "scl_masked_text", "scl_masktok_image", "itm_reversed")
         }
         self.text_ids = torch.randint(5, 20, (B, L), generator=g)
         picked = torch.zeros(B, L, dtype=torch.bool)
@@ -114,6 +115,33 @@ def test_itc_reversed_clips_are_extra_negatives_of_the_captions_on_clips_only():
         assert abs(float(got) - want) < 1e-9
 
 
+def test_itc_order_term_is_a_two_way_softmax_between_each_clip_and_its_reversal():
+    from .test_contrastive import unit as unit64
+
+    backwards = unit64(4, 3, 11)
+    ctx = FakeContext(frames=4)
+    ctx.image = lambda variant: variant
+    ctx.model.itc_image = lambda enc: backwards if enc == "reversed" else None
+    itc = objective("itc", reversed_clips=True, order_weight=0.5)
+    assert itc.clip_logs() == ("order", "order/accuracy")
+    out = itc.loss(ctx)
+    t, v = ctx.itc()
+    batch = float(F.cross_entropy(t @ torch.cat([v, backwards]).t() / 0.07, torch.arange(4)))
+    batch += float(F.cross_entropy(v @ t.t() / 0.07, torch.arange(4)))
+    own, rev = [float(t[i] @ v[i]) / 0.07 for i in range(4)], [float(t[i] @ backwards[i]) / 0.07 for i in range(4)]
+    order = sum(-math.log(math.exp(a) / (math.exp(a) + math.exp(b))) for a, b in zip(own, rev, strict=True)) / 4
+    assert abs(float(out["order"]) - order) < 1e-9
+    assert abs(float(out["loss"]) - (batch + 0.5 * order)) < 1e-9
+    assert float(out["order/accuracy"]) == sum(a > b for a, b in zip(own, rev, strict=True)) / 4
+    # Still images have no order: no term, no keys.
+    still = FakeContext(frames=1)
+    out = itc.loss(still)
+    assert "order" not in out and abs(float(out["loss"]) - reference(*still.itc(), 0.07)) < 1e-9
+    assert objective("itc", reversed_clips=True).clip_logs() == ()
+    with pytest.raises(ValueError, match="order_weight needs reversed_clips"):
+        validate_objectives({"itc": {"order_weight": 1.0}})
+
+
 def test_itm_half_negatives_and_cross_entropy():
     torch.manual_seed(0)
     ctx = FakeContext(B=6)
@@ -129,6 +157,30 @@ def test_itm_half_negatives_and_cross_entropy():
     labels = [0 if neg else 1 for neg in itm.is_negative.tolist()]
     want = sum(-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(6)) / 6
     assert abs(float(got) - float(want)) < 1e-9
+
+
+def test_itm_order_term_compares_each_positive_pair_with_its_clip_played_backwards():
+    torch.manual_seed(0)
+    ctx = FakeContext(B=6, frames=4)
+    itm = objective("itm", order_weight=0.5)
+    assert itm.encodings() == (("full",), ("full", "reversed"))
+    assert itm.clip_logs() == ("order", "order/accuracy")
+    itm.plan(ctx)
+    assert ctx.requests["itm_reversed"] == ("full", "reversed", None)  # caption i with clip i backwards
+    out = itm.loss(ctx)
+    logits = ctx.model.itm_logits(ctx.pooled("itm"))
+    back = ctx.model.itm_logits(ctx.pooled("itm_reversed"))
+    labels = [0 if neg else 1 for neg in itm.is_negative.tolist()]
+    base = sum(-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(6)) / 6
+    own = [i for i in range(6) if labels[i]]
+    odds = lambda z, i: float(z[i, 1] - z[i, 0])  # noqa: E731
+    order = sum(-math.log(1 / (1 + math.exp(odds(back, i) - odds(logits, i)))) for i in own) / len(own)
+    assert abs(float(out["order"]) - order) < 1e-9
+    assert abs(float(out["loss"]) - (float(base) + 0.5 * order)) < 1e-9
+    assert abs(float(out["order/accuracy"]) - sum(odds(logits, i) > odds(back, i) for i in own) / len(own)) < 1e-6
+    still = FakeContext(B=6, frames=1)
+    itm.plan(still)
+    assert "itm_reversed" not in still.requests and "order" not in itm.loss(still)
 
 
 def test_negative_samplers_never_pick_the_sample_itself():
