@@ -130,3 +130,17 @@ def _masked_rows(
     )
     # where, not a product: an invalid row's own label is masked, so its loss is huge, and huge * 0 = nan.
     return torch.where(valid, per_row, torch.zeros_like(per_row))
+
+
+def order_loss(
+    forward: torch.Tensor, backward: torch.Tensor, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Time-order term: mean over rows (those `keep` marks, if given) of -log softmax([f, b])[0] =
+    softplus(b - f), for scores [B] of a caption on its clip (f) and on that clip played backwards
+    (b); and the share of those rows whose clip scores higher (detached)."""
+    forward, backward = at_least_fp32(forward), at_least_fp32(backward)
+    loss, right = F.softplus(backward - forward), (forward > backward).to(forward.dtype)
+    if keep is None:
+        return loss.mean(), right.mean().detach()
+    count = keep.sum().clamp(min=1)
+    return torch.where(keep, loss, 0.0).sum() / count, (torch.where(keep, right, 0.0).sum() / count).detach()

@@ -18,12 +18,14 @@ at full weight.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from scl_cli.config.objectives import ITCSettings
 from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.contrastive import at_least_fp32, autocast_off, symmetric_contrastive_loss
+from scl_cli.objectives.contrastive import (
+    at_least_fp32,
+    autocast_off,
+    order_loss,
+    symmetric_contrastive_loss,
+)
 from scl_cli.objectives.registry import LossOutput, Objective
 
 # Keeps a learned temperature from collapsing to zero (open_clip clamps its logit scale likewise).
@@ -39,9 +41,7 @@ class ITC(Objective):
         return ("full",), ("full", "reversed") if self.settings.reversed_clips else ("full",)
 
     def clip_logs(self) -> tuple[str, ...]:
-        return (
-            ("order", "order/accuracy") if self.settings.reversed_clips and self.settings.order_weight else ()
-        )
+        return ("order", "order/accuracy") if self.settings.order_weight else ()
 
     def loss(self, ctx: StepContext) -> LossOutput:
         text, image = ctx.itc()
@@ -54,23 +54,11 @@ class ITC(Objective):
         )
         out = {"temperature": temperature.detach()}
         if reversed_clips is not None and self.settings.order_weight > 0:
-            order, accuracy = time_order_loss(text, image, reversed_clips, temperature)
+            with autocast_off(text.device.type):  # fp32 logits, as every contrastive logit
+                t = at_least_fp32(text)
+                forward = (t * at_least_fp32(image)).sum(-1) / temperature
+                backward = (t * at_least_fp32(reversed_clips)).sum(-1) / temperature
+            order, accuracy = order_loss(forward, backward)
             loss = loss + self.settings.order_weight * order
             out |= {"order": order.detach(), "order/accuracy": accuracy}
         return {"loss": loss, **out}
-
-
-def time_order_loss(
-    text: torch.Tensor, clips: torch.Tensor, reversed_clips: torch.Tensor, temperature: torch.Tensor | float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over captions of -log softmax([t.v, t.v_rev] / temperature)[0] (unit-norm rows [B, E]),
-    in fp32 with autocast off like every contrastive logit; and the share of captions whose clip
-    scores above its reversal (detached)."""
-    with autocast_off(text.device.type):
-        t = at_least_fp32(text)
-        pair = torch.stack(
-            [(t * at_least_fp32(clips)).sum(-1), (t * at_least_fp32(reversed_clips)).sum(-1)], dim=-1
-        )
-        pair = pair / temperature
-    loss = F.softplus(pair[:, 1] - pair[:, 0]).mean()  # = cross-entropy with the clip as the label
-    return loss, (pair[:, 0] > pair[:, 1]).to(torch.float32).mean().detach()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scl_cli.config.objectives import ITMSettings
 from scl_cli.distributed import gather_no_grad
 from scl_cli.objectives.context import StepContext
-from scl_cli.objectives.contrastive import similarity
+from scl_cli.objectives.contrastive import at_least_fp32, order_loss, similarity
 from scl_cli.objectives.registry import LossOutput, Objective
 
 
@@ -93,18 +93,14 @@ class ITM(Objective):
         out = {"loss": F.cross_entropy(logits, labels), "accuracy": accuracy.detach()}
         if self.settings.order_weight and ctx.frames > 1:
             # The positive rows hold each caption with its own clip; the pass above scored them already.
-            own = ~self.is_negative
-            forward = match_log_odds(logits)
-            backward = match_log_odds(ctx.model.itm_logits(ctx.pooled("itm_reversed")))
-            count = own.sum().clamp(min=1)
-            order = torch.where(own, F.softplus(backward - forward), 0.0).sum() / count
-            right = torch.where(own, (forward > backward).to(torch.float32), 0.0).sum() / count
+            backward = ctx.model.itm_logits(ctx.pooled("itm_reversed"))
+            order, accuracy = order_loss(match_log_odds(logits), match_log_odds(backward), keep=~self.is_negative)
             out["loss"] = out["loss"] + self.settings.order_weight * order
-            out |= {"order": order.detach(), "order/accuracy": right.detach()}
+            out |= {"order": order.detach(), "order/accuracy": accuracy}
         return out
 
 
 def match_log_odds(logits: torch.Tensor) -> torch.Tensor:
     """[B, 2] ITM logits (no match, match) -> [B] log-odds of a match, in at least fp32."""
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logits = at_least_fp32(logits)
     return logits[:, 1] - logits[:, 0]
