@@ -196,8 +196,9 @@ def validate_objectives(raw: dict[str, Any]) -> dict[str, ObjectiveSettings]:
             out[name] = known[name](**table)
         except ValidationError as err:
             first = err.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise ValueError(
-                f"objectives.{name}.{loc}: {first['msg']} (got {first.get('input')!r})"
-            ) from None
+            field = ".".join(["objectives", name, *(str(p) for p in first["loc"])])
+            msg = first["msg"].removeprefix("Value error, ")
+            if not first["loc"]:  # a check across the table's fields: the table names itself
+                raise ValueError(f"{field}: {msg}") from None
+            raise ValueError(f"{field}: {msg} (got {first.get('input')!r})") from None
     return out

@@ -138,7 +138,7 @@ def test_itc_order_term_is_a_two_way_softmax_between_each_clip_and_its_reversal(
     out = itc.loss(still)
     assert "order" not in out and abs(float(out["loss"]) - reference(*still.itc(), 0.07)) < 1e-9
     assert objective("itc", reversed_clips=True).clip_logs() == ()
-    with pytest.raises(ValueError, match="order_weight needs reversed_clips"):
+    with pytest.raises(ValueError, match=r"^objectives\.itc: order_weight needs reversed_clips = true"):
         validate_objectives({"itc": {"order_weight": 1.0}})
 
 
