@@ -82,6 +82,18 @@ class ITMSettings(ObjectiveSettings):
         "on its clip against on that clip played backwards, a two-way softmax (one more fusion pass of B "
         "pairs per clip step). An scl option, not in the paper.",
     )
+    rank_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an image-ranking term: for `rank_captions` captions of the batch, a softmax of "
+        "the match log-odds (ITM) over `rank_images` images, the caption's own first and look-alikes drawn "
+        "from the ITC similarity. Teaches the fusion to order images for a caption, which re-ranking asks of "
+        "it (one more fusion pass of rank_captions x rank_images pairs per step). An scl option, not in the paper.",
+    )
+    rank_captions: int = Field(8, ge=1, description="Captions per step in the image-ranking term (at most the batch).")
+    rank_images: int = Field(
+        8, ge=2, description="Images per caption in the image-ranking term, its own included (at most the batch)."
+    )
 
 
 class MLMSettings(ObjectiveSettings):

@@ -183,6 +183,46 @@ def test_itm_order_term_compares_each_positive_pair_with_its_clip_played_backwar
     assert "itm_reversed" not in still.requests and "order" not in itm.loss(still)
 
 
+def test_itm_rank_term_is_a_softmax_over_each_captions_own_image_and_look_alikes():
+    torch.manual_seed(0)
+    ctx = FakeContext(B=6)
+    g = torch.Generator().manual_seed(1)
+    text_embeds, image_embeds = torch.randn(6, 4, 8, generator=g, dtype=torch.float64), torch.randn(6, 5, 8, generator=g, dtype=torch.float64)
+    ctx.text_embeds, ctx.image_embeds = (lambda v: text_embeds), (lambda v: image_embeds)
+    ctx.text_mask = torch.ones(6, 4, dtype=torch.long)
+    ctx.text_ids[3] = ctx.text_ids[0]  # caption 3 is caption 0 word for word: never a look-alike of it
+    seen = []
+
+    def fuse(texts, mask, images):
+        seen.append((texts, images))
+        return SimpleNamespace(text=texts, image=images)
+
+    ctx.model.fuse, ctx.model.pooled = fuse, lambda out, frames: torch.cat([out.text[:, 0], out.image[:, 0]], dim=1)
+    itm = objective("itm", rank_weight=0.5, rank_captions=2, rank_images=3)
+    itm.plan(ctx)
+    out = itm.loss(ctx)
+    texts, images = seen[-1]
+    # Two captions, three images each; a caption's own image first, then two others.
+    rows_text = [int((text_embeds == t).all(dim=(1, 2)).nonzero()) for t in texts]
+    rows_image = [int((image_embeds == i).all(dim=(1, 2)).nonzero()) for i in images]
+    assert rows_text == [0, 0, 0, 1, 1, 1]
+    assert rows_image[0] == 0 and rows_image[3] == 1
+    assert 0 not in rows_image[1:3] and 3 not in rows_image[1:3] and 1 not in rows_image[4:6]
+    assert len(set(rows_image[1:3])) == 2 and len(set(rows_image[4:6])) == 2  # without replacement
+    pooled = torch.cat([texts[:, 0], images[:, 0]], dim=1)
+    odds = (ctx.model.itm_logits(pooled)[:, 1] - ctx.model.itm_logits(pooled)[:, 0]).view(2, 3)
+    rank = sum(-torch.log_softmax(odds[c], 0)[0] for c in range(2)) / 2
+    logits = ctx.model.itm_logits(ctx.pooled("itm"))
+    labels = [0 if neg else 1 for neg in itm.is_negative.tolist()]
+    base = sum(-torch.log_softmax(logits[i], 0)[labels[i]] for i in range(6)) / 6
+    assert abs(float(out["rank"]) - float(rank)) < 1e-9
+    assert abs(float(out["loss"]) - (float(base) + 0.5 * float(rank))) < 1e-9
+    assert float(out["rank/accuracy"]) == sum(int(odds[c].argmax() == 0) for c in range(2)) / 2
+    plain = objective("itm")
+    plain.plan(ctx)
+    assert "rank" not in plain.loss(ctx)
+
+
 def test_negative_samplers_never_pick_the_sample_itself():
     torch.manual_seed(0)
     for _ in range(20):
