@@ -14,6 +14,7 @@ printed and written to OUT/ablation.md and OUT/ablation.json.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -56,8 +57,29 @@ def numbers(prefix: str, data: object, out: dict[str, float]) -> dict[str, float
     return out
 
 
+def check_settings(run: Path, arm: str, seed: int, args: argparse.Namespace) -> None:
+    """What a run folder was made with (the recipes' bytes, the arm, seed and --set values) is kept in
+    it; finishing an interrupted ablation with other recipes or settings would mix two experiments."""
+    settings = {
+        "recipe": hashlib.sha256(args.recipe.read_bytes()).hexdigest(),
+        "finetune": hashlib.sha256(args.finetune.read_bytes()).hexdigest() if args.finetune else None,
+        "arm": ARMS[arm], "seed": seed, "set": list(args.set), "data": str(args.data),
+    }  # fmt: skip
+    kept = run / "settings.json"
+    if kept.is_file():
+        if json.loads(kept.read_text()) != settings:
+            raise SystemExit(f"{run} was made with another recipe or settings than this command's: "
+                             "pass another --out, or delete it to redo it")  # fmt: skip
+        return
+    if run.exists() and any(run.iterdir()):
+        raise SystemExit(f"{run} holds a run that does not say what it was made with: pass another --out, or delete it")
+    run.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(settings, indent=1))
+
+
 def one_run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, float]:
     run = args.out / f"{arm}-seed{seed}"
+    check_settings(run, arm, seed, args)
     data = args.data / "shapes"
     results: dict[str, float] = {}
     pretrained = run / "pretrain"

@@ -131,7 +131,10 @@ class ITM(Objective):
         images = torch.cat([torch.arange(C, device=device)[:, None], others], dim=1).flatten()
         texts = torch.arange(C, device=device).repeat_interleave(K)
         model = ctx.model
-        fused = model.fuse(ctx.text_embeds("full")[texts], ctx.text_mask[texts], ctx.image_embeds("full")[images])
+        # index_select, not x[idx]: the backward of advanced indexing is not deterministic on CPU
+        text_rows = ctx.text_embeds("full").index_select(0, texts)
+        image_rows = ctx.image_embeds("full").index_select(0, images)
+        fused = model.fuse(text_rows, ctx.text_mask.index_select(0, texts), image_rows)
         odds = match_log_odds(model.itm_logits(model.pooled(fused, ctx.frames))).view(C, K)
         target = torch.zeros(C, dtype=torch.long, device=device)
         return F.cross_entropy(odds, target), (odds.argmax(dim=1) == 0).float().mean().detach()

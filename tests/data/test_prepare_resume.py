@@ -121,7 +121,16 @@ def test_sigkill_then_rerun_resumes(tmp_path: Path, server: ImageServer, workers
     assert_complete(out)
 
 
-def test_ctrl_c_with_workers_then_rerun(tmp_path: Path, server: ImageServer) -> None:
+@pytest.fixture
+def slow_server() -> Iterator[ImageServer]:
+    # 0.25 s an image: Ctrl-C after two shards must land before the run could end on its own, even on a
+    # loaded machine (at 0.06 s the whole run took 0.8 s, and a late signal found it finished: rc 0)
+    with ImageServer(delay=0.25) as running:
+        yield running
+
+
+def test_ctrl_c_with_workers_then_rerun(tmp_path: Path, slow_server: ImageServer) -> None:
+    server = slow_server
     tsv, out = url_list(tmp_path / "src", server), tmp_path / "out"
     proc = start(tsv, out, workers=2)
     wait_for_shards(out, proc, at_least=2)

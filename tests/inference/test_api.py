@@ -101,7 +101,10 @@ def test_a_checkpoint_with_every_head_answers_and_judges(heads_ckpt, images):
     many = model.answer(images["red"], ["what colour?", "how many shapes?"], top_k=1)
     assert [a.question for a in many] == ["what colour?", "how many shapes?"] and len(many[0].top) == 1
     pairs = model.answer([images["red"], images["blue"]], ["what colour?", "what colour?"])
-    assert pairs[0].top == model.answer(images["red"], "what colour?").top
+    alone = model.answer(images["red"], "what colour?").top
+    # the same answers; probabilities to float rounding (a batch of 2 runs other matmul kernels than 1)
+    assert [a for a, _ in pairs[0].top] == [a for a, _ in alone]
+    assert [p for _, p in pairs[0].top] == pytest.approx([p for _, p in alone], rel=1e-5, abs=1e-7)
     assert len(model.nlvr2([images["red"]] * 2, [images["blue"]] * 2, ["a", "b"])) == 2
 
 
