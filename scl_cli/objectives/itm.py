@@ -55,13 +55,25 @@ def hard_other_index(
     with probability proportional to softmax(similarity_i) + 1e-5. Sampled as an exponential
     race on `noise` (U[0, 1) [B, N], fresh when None): argmax_j w_j / -log(u_j) — so a row's draw
     depends only on its own noise row, whatever the batch split. [B] column indices."""
+    return look_alike_indices(similarity, 1, noise, offset)[:, 0]
+
+
+def look_alike_indices(
+    similarity: torch.Tensor, count: int, noise: torch.Tensor | None = None, offset: int = 0,
+    avoid: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """`count` distinct columns per row drawn without replacement as `hard_other_index` draws one
+    (the exponential race's top `count`): [B, count]. Columns `avoid` marks ([B, N] bool) come
+    last, drawn only when nothing else is left; the row's own column never."""
     rows, cols = similarity.shape
-    weights = similarity.float().softmax(dim=1) + 1e-5
+    weights = (similarity.float().softmax(dim=1) + 1e-5).log()
+    if avoid is not None:
+        weights = weights.masked_fill(avoid, -1e4)
     own = torch.arange(rows, device=weights.device)[:, None] + offset
-    weights = weights.scatter(1, own, 0.0)
+    weights = weights.scatter(1, own, float("-inf"))
     if noise is None:
         noise = torch.rand(rows, cols, device=weights.device)
-    return (weights.log() - (-noise.log()).log()).argmax(dim=1)
+    return (weights - (-noise.log()).log()).topk(count, dim=1).indices
 
 
 class ITM(Objective):
@@ -123,11 +135,8 @@ class ITM(Objective):
         with torch.no_grad():
             scores = similarity(text[:C], image, ctx.model.itc_temperature).float()
             same = (ctx.text_ids[:C, None, :] == ctx.text_ids[None]).all(dim=-1)
-            # log(softmax + 1e-5) as for hard negatives; a word-for-word twin only when nothing else is left
-            weights = (scores.softmax(dim=1) + 1e-5).log().masked_fill(same, -1e4)
-            weights[torch.arange(C, device=device), torch.arange(C, device=device)] = float("-inf")
             noise = ctx.random.uniform(B, stream="itm_rank")[:C]
-            others = (weights - (-noise.log()).log()).topk(K - 1, dim=1).indices  # Gumbel top-k
+            others = look_alike_indices(scores, K - 1, noise, avoid=same)
         images = torch.cat([torch.arange(C, device=device)[:, None], others], dim=1).flatten()
         texts = torch.arange(C, device=device).repeat_interleave(K)
         model = ctx.model
