@@ -9,6 +9,7 @@ DEMO   ?= demo-run
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; free < 8 and print(f"warning: {free:.1f} GiB free here; .venv takes about 6 GiB (torch with its CUDA libraries): the install may stop with No space left on device", file=sys.stderr)'
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
