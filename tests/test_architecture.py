@@ -87,7 +87,9 @@ def test_an_objective_from_another_package_trains_through_its_entry_point(tmp_pa
     site = tmp_path / "site"
     (site / "scl_centre-0.1.dist-info").mkdir(parents=True)
     (site / "scl_centre.py").write_text(PLUGIN)
-    (site / "scl_centre-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: scl-centre\nVersion: 0.1\n")
+    (site / "scl_centre-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: scl-centre\nVersion: 0.1\n"
+    )
     (site / "scl_centre-0.1.dist-info" / "entry_points.txt").write_text(
         "[scl_cli.objectives]\ncentre = scl_centre:CentreSettings\n"
     )

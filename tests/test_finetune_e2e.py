@@ -88,7 +88,9 @@ def test_zero_shot_retrieval_from_a_pretraining_checkpoint(shapes_root, tiny_ckp
 
 
 def test_image_size_change_interpolates_the_position_grid(shapes_root, tiny_ckpt):
-    r = load_recipe(RECIPES / "finetune" / "shapes_vqa.toml", ["model.vision.image_size=96", f'data.root="{shapes_root}"'])
+    r = load_recipe(
+        RECIPES / "finetune" / "shapes_vqa.toml", ["model.vision.image_size=96", f'data.root="{shapes_root}"']
+    )
     loaded = load_model(tiny_ckpt, r.model)
     assert loaded.model.config.vision.image_size == 96
     assert any("interpolated" in note for note in loaded.notes)
@@ -169,7 +171,10 @@ def test_a_process_count_other_than_the_topology_stops_before_the_first_step(
 
 
 def test_finetune_leaves_the_callers_recipe_unchanged(shapes_root, tiny_ckpt, tmp_path):
-    r = load_recipe(RECIPES / "finetune" / "shapes_vqa.toml", finetune_sets(shapes_root, tmp_path / "ft", **{"task.epochs": 0.05}))
+    r = load_recipe(
+        RECIPES / "finetune" / "shapes_vqa.toml",
+        finetune_sets(shapes_root, tmp_path / "ft", **{"task.epochs": 0.05}),
+    )
     before = r.model_dump()
     finetune(r, tiny_ckpt, evaluate_after=False)
     assert r.model_dump() == before

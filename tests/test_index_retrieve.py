@@ -201,7 +201,12 @@ def test_many_queries_share_one_model_load_and_report_what_they_cost(tiny_ckpt, 
     # the text table: one per query, and the start-up it cost
     code, out, err = scl("retrieve", "--ckpt", str(tiny_ckpt), "--images", str(folder), "--query", "a", "--query", "b",
                          capsys=capsys)  # fmt: skip
-    assert code == 0 and out.count("text->image") == 2 and "2 queries in" in out + err and "start-up" in out + err
+    assert (
+        code == 0
+        and out.count("text->image") == 2
+        and "2 queries in" in out + err
+        and "start-up" in out + err
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     code, _, err = scl("retrieve", "--ckpt", str(tiny_ckpt), "--queries", str(empty), capsys=capsys)

@@ -100,7 +100,11 @@ def _terminate_all(pid: int) -> None:
 def straight(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted one-node, two-process run every other run here is compared with."""
     run = tmp_path_factory.mktemp("straight") / "run"
-    proc = run_scl("pretrain", str(RECIPES / "tiny.toml"), *tiny_overrides(shapes_root, run, steps=STEPS, **TWO_CPU_PROCESSES))
+    proc = run_scl(
+        "pretrain",
+        str(RECIPES / "tiny.toml"),
+        *tiny_overrides(shapes_root, run, steps=STEPS, **TWO_CPU_PROCESSES),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "launching torchrun" in proc.stderr and "finished step 6" in proc.stderr
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -139,15 +143,24 @@ def test_two_processes_resume_exactly_after_a_kill(shapes_root: Path, straight: 
     assert worst < 1e-5, worst
 
 
-def test_two_nodes_train_what_one_node_with_two_processes_does(shapes_root: Path, straight: Path, tmp_path: Path) -> None:
+def test_two_nodes_train_what_one_node_with_two_processes_does(
+    shapes_root: Path, straight: Path, tmp_path: Path
+) -> None:
     port = str(_free_port())
     runs = [tmp_path / f"node{rank}" for rank in (0, 1)]
     nodes = []
     for rank, run in enumerate(runs):
         sets = tiny_overrides(shapes_root, run, steps=STEPS, **{**TWO_CPU_PROCESSES, "topology.nodes": 2,
                                                                 "topology.devices_per_node": 1})  # fmt: skip
-        env = {"NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        nodes.append(_start(["pretrain", str(RECIPES / "tiny.toml"), *sets], tmp_path / f"node{rank}.log", env))
+        env = {
+            "NODE_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": "1",
+        }
+        nodes.append(
+            _start(["pretrain", str(RECIPES / "tiny.toml"), *sets], tmp_path / f"node{rank}.log", env)
+        )
     codes = [node.wait(timeout=600) for node in nodes]
     logs = [(tmp_path / f"node{rank}.log").read_text() for rank in (0, 1)]
     assert codes == [0, 0], logs
@@ -157,7 +170,9 @@ def test_two_nodes_train_what_one_node_with_two_processes_does(shapes_root: Path
     assert [p.name for p in list_checkpoints(runs[0])] == ["step-4", "step-6"]
     assert _losses(runs[0]) == pytest.approx(_losses(straight), abs=1e-5)
     worst = _worst(straight, runs[0])
-    print(f"two nodes vs one node with two processes: losses {_losses(runs[0])}, largest weight difference {worst:g}")
+    print(
+        f"two nodes vs one node with two processes: losses {_losses(runs[0])}, largest weight difference {worst:g}"
+    )
     assert worst < 1e-5, worst
 
 
@@ -172,7 +187,9 @@ def test_killing_one_node_stops_the_other_with_one_line(shapes_root: Path, tmp_p
         # one `scl pretrain` per node, as `srun --ntasks-per-node=1` starts them
         env = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_NODEID": str(rank),
                "SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}  # fmt: skip
-        nodes.append(_start(["pretrain", str(RECIPES / "tiny.toml"), *sets], tmp_path / f"node{rank}.log", env))
+        nodes.append(
+            _start(["pretrain", str(RECIPES / "tiny.toml"), *sets], tmp_path / f"node{rank}.log", env)
+        )
     _wait_for(runs[0] / "checkpoints" / "step-2", nodes[0])
     assert nodes[0].poll() is None, (tmp_path / "node0.log").read_text()
     os.killpg(nodes[1].pid, signal.SIGKILL)
@@ -192,7 +209,11 @@ def test_sigterm_stops_every_rank_with_one_checkpoint_and_resumes_exactly(
     shapes_root: Path, straight: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "preempted"
-    args = ["pretrain", str(RECIPES / "tiny.toml"), *tiny_overrides(shapes_root, run, steps=STEPS, **TWO_CPU_PROCESSES)]
+    args = [
+        "pretrain",
+        str(RECIPES / "tiny.toml"),
+        *tiny_overrides(shapes_root, run, steps=STEPS, **TWO_CPU_PROCESSES),
+    ]
     launcher = _start(args, tmp_path / "log")
     _wait_for(run / "metrics.jsonl", launcher, lines=1)
     # what SLURM does on preemption: SIGTERM to every process of the job (torchrun ignores it)
@@ -212,7 +233,9 @@ def test_sigterm_stops_every_rank_with_one_checkpoint_and_resumes_exactly(
     assert worst < 1e-5, worst
 
 
-def test_sigterm_to_every_process_of_a_one_process_run_with_loader_workers(shapes_root: Path, tmp_path: Path) -> None:
+def test_sigterm_to_every_process_of_a_one_process_run_with_loader_workers(
+    shapes_root: Path, tmp_path: Path
+) -> None:
     run = tmp_path / "run"
     sets = tiny_overrides(shapes_root, run, steps=40, **{"topology.device": '"cpu"', "data.num_workers": 2})
     proc = _start(["pretrain", str(RECIPES / "tiny.toml"), *sets], tmp_path / "log")

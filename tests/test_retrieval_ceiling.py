@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("retrieval_ceiling", ROOT / "benchmarks" / "retrieval_ceiling.py")
+    spec = importlib.util.spec_from_file_location(
+        "retrieval_ceiling", ROOT / "benchmarks" / "retrieval_ceiling.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

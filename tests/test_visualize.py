@@ -58,7 +58,9 @@ def test_visualize_an_image_and_a_clip(tiny_run, shapes_root, tmp_path):
 
 def test_bad_input_is_one_line(tiny_run, tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"not an image")
-    proc = run_scl("visualize", "--ckpt", str(tiny_run), "--image", str(tmp_path / "x.jpg"), "--text", "a cat")
+    proc = run_scl(
+        "visualize", "--ckpt", str(tiny_run), "--image", str(tmp_path / "x.jpg"), "--text", "a cat"
+    )
     assert proc.returncode == 2 and "not an image" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_scl("visualize", "--ckpt", str(tiny_run), "--image", str(tmp_path / "x.jpg"), "--text", " ")
     assert proc.returncode == 2 and "--text is empty" in proc.stderr

@@ -13,7 +13,9 @@ from scl_cli.errors import SclError
 PIPELINE = ("prepare", "pretrain", "finetune", "eval", "index", "retrieve", "serve", "push", "plot",
             "visualize", "align", "convert", "doctor")  # fmt: skip
 app.registered_commands.sort(
-    key=lambda c: PIPELINE.index(c.name or c.callback.__name__) if (c.name or c.callback.__name__) in PIPELINE else 99
+    key=lambda c: (
+        PIPELINE.index(c.name or c.callback.__name__) if (c.name or c.callback.__name__) in PIPELINE else 99
+    )
 )
 
 

@@ -47,5 +47,3 @@ def root(
     ] = False,
 ) -> None:
     """Prepare data, pre-train and inspect SCL models. Run `scl COMMAND --help` for each command."""
-
-

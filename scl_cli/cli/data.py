@@ -22,13 +22,19 @@ def prepare(
     ],
     out: Annotated[
         str,
-        typer.Option("--out", help="Root folder or URL (s3://, gs://, any fsspec protocol that writes); the data "
-                     "set is written to OUT/NAME/ (for a URL: prepared in --staging, then uploaded)."),
+        typer.Option(
+            "--out",
+            help="Root folder or URL (s3://, gs://, any fsspec protocol that writes); the data "
+            "set is written to OUT/NAME/ (for a URL: prepared in --staging, then uploaded).",
+        ),
     ] = "data",
     staging: Annotated[
         Path | None,
-        typer.Option("--staging", help="With --out URL: the local folder it is prepared in first (kept, so that a "
-                     "re-run resumes; default: under ~/.cache/scl/staging/)."),
+        typer.Option(
+            "--staging",
+            help="With --out URL: the local folder it is prepared in first (kept, so that a "
+            "re-run resumes; default: under ~/.cache/scl/staging/).",
+        ),
     ] = None,
     source: Annotated[
         list[Path] | None,
@@ -66,7 +72,11 @@ def prepare(
     ] = None,
     clips: Annotated[
         int | None,
-        typer.Option("--clips", min=0, help="shapes: clips of a moving shape in all splits (default: a fifth of --images; 0 = none)."),
+        typer.Option(
+            "--clips",
+            min=0,
+            help="shapes: clips of a moving shape in all splits (default: a fifth of --images; 0 = none).",
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Worker processes (default: all cores).")

@@ -15,22 +15,34 @@ def eval_(
     task: Annotated[str, typer.Argument(help="vqa | nlvr2 | retrieval")],
     ckpt: Annotated[
         Path | None,
-        typer.Option("--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."),
+        typer.Option(
+            "--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."
+        ),
     ] = None,
     data: Annotated[
-        str | None, typer.Option("--data", help="Data set folder (with manifest.json) or name under the data root.")
+        str | None,
+        typer.Option("--data", help="Data set folder (with manifest.json) or name under the data root."),
     ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the task's).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="JSON report path (default: eval-TASK.json).")] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split to evaluate (default: the task's).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="JSON report path (default: eval-TASK.json).")
+    ] = None,
     rerank: Annotated[
-        str | None, typer.Option("--rerank", help="Retrieval: re-rank the top K by the fusion score; 0 = ITC only; 'all'.")
+        str | None,
+        typer.Option(
+            "--rerank", help="Retrieval: re-rank the top K by the fusion score; 0 = ITC only; 'all'."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per encoder batch.")] = 32,
     predictions: Annotated[
         Path | None, typer.Option("--predictions", help="vqa: score this predictions file without a model.")
     ] = None,
     questions: Annotated[Path | None, typer.Option("--questions", help="vqa: VQAv2 questions JSON.")] = None,
-    annotations: Annotated[Path | None, typer.Option("--annotations", help="vqa: VQAv2 annotations JSON.")] = None,
+    annotations: Annotated[
+        Path | None, typer.Option("--annotations", help="vqa: VQAv2 annotations JSON.")
+    ] = None,
     plain: PlainOpt = False,
 ) -> None:
     """Evaluate with the official metrics; prints a table and writes a JSON report."""
@@ -41,9 +53,15 @@ def eval_(
     reporter = make_reporter(force_plain=plain)
     if predictions is not None:
         if task != "vqa":
-            raise UsageError("--predictions scores VQA files: pass it with `vqa --questions Q.json --annotations A.json`")
+            raise UsageError(
+                "--predictions scores VQA files: pass it with `vqa --questions Q.json --annotations A.json`"
+            )
         scores = score_vqa_predictions(predictions, questions, annotations, out)
-        rows = [[k, f"{v:.2f}" if isinstance(v, float) else str(v)] for k, v in scores.items() if not isinstance(v, dict)]
+        rows = [
+            [k, f"{v:.2f}" if isinstance(v, float) else str(v)]
+            for k, v in scores.items()
+            if not isinstance(v, dict)
+        ]
         reporter.table(f"VQA accuracy of {predictions}", ["metric", "value"], rows)
         return
     if ckpt is None:

@@ -12,11 +12,18 @@ from scl_cli.cli.app import PlainOpt, app
 
 @app.command()
 def align(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint dir, run dir or a published SCL .ckpt file.")],
-    data: Annotated[
-        Path, typer.Option("--data", help="An ALIGN-BENCH folder (images/N.jpg + pkls/N.pkl), or a prepared shapes data set.")
+    ckpt: Annotated[
+        Path, typer.Option("--ckpt", help="Checkpoint dir, run dir or a published SCL .ckpt file.")
     ],
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Score only the first N images.")] = None,
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="An ALIGN-BENCH folder (images/N.jpg + pkls/N.pkl), or a prepared shapes data set."
+        ),
+    ],
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Score only the first N images.")
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="shapes: the split scored.")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="JSON report (default: align.json).")] = None,
     plain: PlainOpt = False,
@@ -39,12 +46,19 @@ def align(
 
 @app.command()
 def visualize(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint dir, run dir or a published SCL .ckpt file.")],
+    ckpt: Annotated[
+        Path, typer.Option("--ckpt", help="Checkpoint dir, run dir or a published SCL .ckpt file.")
+    ],
     image: Annotated[Path, typer.Option("--image", help="An image, or a video (one row per frame).")],
     text: Annotated[str, typer.Option("--text", help="The caption whose attention is drawn.")],
-    out: Annotated[Path | None, typer.Option("--out", help="PNG or SVG (default: IMAGE-attention.png).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG or SVG (default: IMAGE-attention.png).")
+    ] = None,
     masked: Annotated[
-        bool, typer.Option("--masked", help="The local-SCL view: replaced patches and how well they are recovered.")
+        bool,
+        typer.Option(
+            "--masked", help="The local-SCL view: replaced patches and how well they are recovered."
+        ),
     ] = False,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Frames drawn from a video.")] = 4,
 ) -> None:

@@ -12,13 +12,25 @@ from scl_cli.cli.app import app
 
 @app.command()
 def plot(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (or metrics.jsonl files) to overlay.", show_default=False)],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(help="Run folders (or metrics.jsonl files) to overlay.", show_default=False),
+    ],
     metrics: Annotated[
-        str | None, typer.Option("--metrics", help="Comma-separated, e.g. loss,itc,eval/ir_r1 (default: all that matter).")
+        str | None,
+        typer.Option(
+            "--metrics", help="Comma-separated, e.g. loss,itc,eval/ir_r1 (default: all that matter)."
+        ),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="PNG or SVG file (default: RUN/curves.png).")] = None,
-    smooth: Annotated[float, typer.Option("--smooth", min=0.0, max=0.999, help="EMA weight, as TensorBoard's slider.")] = 0.0,
-    ascii_: Annotated[bool, typer.Option("--ascii", help="Only the terminal summary with sparklines, no picture.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="PNG or SVG file (default: RUN/curves.png).")
+    ] = None,
+    smooth: Annotated[
+        float, typer.Option("--smooth", min=0.0, max=0.999, help="EMA weight, as TensorBoard's slider.")
+    ] = 0.0,
+    ascii_: Annotated[
+        bool, typer.Option("--ascii", help="Only the terminal summary with sparklines, no picture.")
+    ] = False,
 ) -> None:
     """Training curves from metrics.jsonl: every objective, lr, throughput, data wait and the
     in-training evaluation; several runs overlaid with their names."""

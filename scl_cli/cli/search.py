@@ -73,10 +73,12 @@ def retrieve(
         list[str] | None, typer.Option("--query", help="Text to search images for (repeatable).")
     ] = None,
     queries: Annotated[
-        Path | None, typer.Option("--queries", help="A text file of queries, one per line (one model load for all).")
+        Path | None,
+        typer.Option("--queries", help="A text file of queries, one per line (one model load for all)."),
     ] = None,
     image: Annotated[
-        list[Path] | None, typer.Option("--image", help="Image (or video) file: find similar images (repeatable).")
+        list[Path] | None,
+        typer.Option("--image", help="Image (or video) file: find similar images (repeatable)."),
     ] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Index folder from `scl index`.")] = None,
     ckpt: Annotated[
@@ -98,11 +100,15 @@ def retrieve(
     ] = 0,
     json_out: Annotated[
         bool,
-        typer.Option("--json", help="Print the hits as JSON (one object; a list of them for several queries)."),
+        typer.Option(
+            "--json", help="Print the hits as JSON (one object; a list of them for several queries)."
+        ),
     ] = False,
     grid: Annotated[
         Path | None,
-        typer.Option("--grid", help="Also write a contact sheet PNG of the hits (several queries: OUT-1.png, ...)."),
+        typer.Option(
+            "--grid", help="Also write a contact sheet PNG of the hits (several queries: OUT-1.png, ...)."
+        ),
     ] = None,
     plain: PlainOpt = False,
 ) -> None:

@@ -25,10 +25,14 @@ def serve(
     index: Annotated[
         Path | None, typer.Option("--index", help="Index for /search (default: the newest made from --ckpt).")
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")] = "auto",
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 (default) | bfloat16 | float16.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32 (default) | bfloat16 | float16.")
+    ] = None,
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.01, help="Largest request body accepted (413 above).")
     ] = 16.0,
@@ -50,17 +54,25 @@ def serve(
 
 @app.command()
 def push(
-    run: Annotated[str, typer.Argument(help="Run dir (newest checkpoint), checkpoint folder or published .ckpt.")],
+    run: Annotated[
+        str, typer.Argument(help="Run dir (newest checkpoint), checkpoint folder or published .ckpt.")
+    ],
     repo_id: Annotated[str, typer.Argument(help="Hub model repo, user/repo (created when missing).")],
     private: Annotated[bool, typer.Option("--private", help="Create the repo private.")] = False,
     message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
-    revision: Annotated[str | None, typer.Option("--revision", help="Branch to push to (created when missing).")] = None,
-    create_pr: Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch to push to (created when missing).")
+    ] = None,
+    create_pr: Annotated[
+        bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")
+    ] = False,
     eval_file: Annotated[
-        list[Path] | None, typer.Option("--eval", help="An `scl eval` report for the model card (repeatable).")
+        list[Path] | None,
+        typer.Option("--eval", help="An `scl eval` report for the model card (repeatable)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write the folder here instead of uploading (to check it first).")
+        Path | None,
+        typer.Option("--out", help="Write the folder here instead of uploading (to check it first)."),
     ] = None,
     plain: PlainOpt = False,
 ) -> None:
@@ -71,7 +83,9 @@ def push(
     from scl_cli.reporting import make_reporter
 
     reporter = make_reporter(force_plain=plain)
-    result = push_engine(Path(run), repo_id, private or None, message, revision, create_pr, eval_file, out, reporter)
+    result = push_engine(
+        Path(run), repo_id, private or None, message, revision, create_pr, eval_file, out, reporter
+    )
     heads = ", ".join(result.heads) or "none"
     if result.folder is not None:
         reporter.info(f"wrote {result.folder} ({', '.join(result.files)}; heads: {heads}; "

@@ -20,31 +20,46 @@ def pretrain(
     plain: PlainOpt = False,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Print parameters, FLOPs, memory per device and a time/cost projection; "
-                     "start and write nothing."),
+        typer.Option(
+            "--dry-run",
+            help="Print parameters, FLOPs, memory per device and a time/cost projection; "
+            "start and write nothing.",
+        ),
     ] = False,
     measure: Annotated[
         bool, typer.Option("--measure", help="With --dry-run: time a few real steps on this device.")
     ] = False,
     samples_per_s: Annotated[
         float | None,
-        typer.Option("--samples-per-s", min=0.001,
-                     help="With --dry-run: throughput per device to project with (e.g. from scl bench pretrain)."),
+        typer.Option(
+            "--samples-per-s",
+            min=0.001,
+            help="With --dry-run: throughput per device to project with (e.g. from scl bench pretrain).",
+        ),
     ] = None,
     gpu_hour_price: Annotated[
         float | None,
-        typer.Option("--gpu-hour-price", min=0.0, help="With --dry-run: price of one GPU-hour, for the cost."),
+        typer.Option(
+            "--gpu-hour-price", min=0.0, help="With --dry-run: price of one GPU-hour, for the cost."
+        ),
     ] = None,
     reproduce: Annotated[
         Path | None,
-        typer.Option("--reproduce", help="Re-run the first steps of this earlier run (its folder) and compare "
-                     "the losses: bit-exact on the same machine, within --tolerance otherwise."),
+        typer.Option(
+            "--reproduce",
+            help="Re-run the first steps of this earlier run (its folder) and compare "
+            "the losses: bit-exact on the same machine, within --tolerance otherwise.",
+        ),
     ] = None,
     steps: Annotated[
-        int | None, typer.Option("--steps", min=1, help="With --reproduce: steps to re-run (default: up to 20).")
+        int | None,
+        typer.Option("--steps", min=1, help="With --reproduce: steps to re-run (default: up to 20)."),
     ] = None,
     tolerance: Annotated[
-        float, typer.Option("--tolerance", min=0.0, help="With --reproduce elsewhere: relative loss difference allowed.")
+        float,
+        typer.Option(
+            "--tolerance", min=0.0, help="With --reproduce elsewhere: relative loss difference allowed."
+        ),
     ] = 1e-3,
 ) -> None:
     """Pre-train an SCL model as the recipe says (metrics in OUTPUT/metrics.jsonl, checkpoints in
@@ -115,10 +130,14 @@ def finetune(
     recipe: RecipeArg,
     ckpt: Annotated[
         Path,
-        typer.Option("--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."),
+        typer.Option(
+            "--ckpt", help="Checkpoint dir, run dir (newest checkpoint) or a published SCL .ckpt file."
+        ),
     ],
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue this run from its newest checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue this run from its newest checkpoint.")
+    ] = False,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluation at the end.")] = False,
     plain: PlainOpt = False,
 ) -> None:

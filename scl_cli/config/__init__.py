@@ -5,4 +5,11 @@ from scl_cli.config.load import load_recipe, recipe_from_dict, recipe_to_dict, r
 from scl_cli.config.objectives import ObjectiveSettings
 from scl_cli.config.recipe import Recipe
 
-__all__ = ["ObjectiveSettings", "Recipe", "load_recipe", "recipe_from_dict", "recipe_to_dict", "recipe_to_toml"]
+__all__ = [
+    "ObjectiveSettings",
+    "Recipe",
+    "load_recipe",
+    "recipe_from_dict",
+    "recipe_to_dict",
+    "recipe_to_toml",
+]

@@ -60,14 +60,17 @@ class ITCSettings(ObjectiveSettings):
         "batch softmax a reversal is one candidate among 2B, which taught no order on the shapes clips.",
     )
     gather: Gather = Field(
-        "global", description=GATHER_DESCRIPTION + " 'paper': features gathered (1/world), the temperature "
-        "trains at full weight."
+        "global",
+        description=GATHER_DESCRIPTION + " 'paper': features gathered (1/world), the temperature "
+        "trains at full weight.",
     )
 
     @model_validator(mode="after")
     def _order_needs_reversed(self) -> ITCSettings:
         if self.order_weight > 0 and not self.reversed_clips:
-            raise ValueError("order_weight needs reversed_clips = true (it compares each clip with its reversal)")
+            raise ValueError(
+                "order_weight needs reversed_clips = true (it compares each clip with its reversal)"
+            )
         return self
 
 
@@ -90,9 +93,13 @@ class ITMSettings(ObjectiveSettings):
         "from the ITC similarity. Teaches the fusion to order images for a caption, which re-ranking asks of "
         "it (one more fusion pass of rank_captions x rank_images pairs per step). An scl option, not in the paper.",
     )
-    rank_captions: int = Field(8, ge=1, description="Captions per step in the image-ranking term (at most the batch).")
+    rank_captions: int = Field(
+        8, ge=1, description="Captions per step in the image-ranking term (at most the batch)."
+    )
     rank_images: int = Field(
-        8, ge=2, description="Images per caption in the image-ranking term, its own included (at most the batch)."
+        8,
+        ge=2,
+        description="Images per caption in the image-ranking term, its own included (at most the batch).",
     )
 
 
@@ -100,8 +107,9 @@ class MLMSettings(ObjectiveSettings):
     name = "mlm"
     objective = "scl_cli.objectives.mlm:MLM"
     gather: Gather = Field(
-        "global", description=GATHER_DESCRIPTION + " MLM: 'global' averages over the masked tokens of the "
-        "global batch; 'paper' over each process's own (mean of per-process means)."
+        "global",
+        description=GATHER_DESCRIPTION + " MLM: 'global' averages over the masked tokens of the "
+        "global batch; 'paper' over each process's own (mean of per-process means).",
     )
 
 
@@ -110,8 +118,9 @@ class SCLGlobalSettings(ObjectiveSettings):
     objective = "scl_cli.objectives.scl_global:SCLGlobal"
     temperature: float = Field(0.03, gt=0)
     gather: Gather = Field(
-        "global", description=GATHER_DESCRIPTION + " 'paper': the image term is gathered (1/world); the text "
-        "term contrasts the local batch only on image batches and is gathered (1/world) on clip batches."
+        "global",
+        description=GATHER_DESCRIPTION + " 'paper': the image term is gathered (1/world); the text "
+        "term contrasts the local batch only on image batches and is gathered (1/world) on clip batches.",
     )
 
 
@@ -121,8 +130,9 @@ class SCLLocalSettings(ObjectiveSettings):
     default_weight = 0.2
     temperature: float = Field(0.03, gt=0)
     gather: Gather = Field(
-        "global", description=GATHER_DESCRIPTION + " 'paper': the text term's masked words are gathered "
-        "(1/world); the image term contrasts the local batch's masked patches only."
+        "global",
+        description=GATHER_DESCRIPTION + " 'paper': the text term's masked words are gathered "
+        "(1/world); the image term contrasts the local batch's masked patches only.",
     )
 
 
@@ -159,7 +169,9 @@ def register_settings(cls: type[ObjectiveSettings]) -> type[ObjectiveSettings]:
     """Make an objective available to recipes in this process under `cls.name` (decorator)."""
     known = _REGISTERED.get(cls.name) or (_FROM_ENTRY_POINTS or {}).get(cls.name)
     if known is not None and known is not cls and known.objective != cls.objective:
-        raise ValueError(f"objective {cls.name!r} is registered twice ({known.objective} and {cls.objective})")
+        raise ValueError(
+            f"objective {cls.name!r} is registered twice ({known.objective} and {cls.objective})"
+        )
     _REGISTERED[cls.name] = cls
     return cls
 
@@ -193,8 +205,12 @@ def validate_objectives(raw: dict[str, Any]) -> dict[str, ObjectiveSettings]:
     known = registered_settings()
     if not raw:
         # The paper's order first (it is the order the losses are planned and summed in).
-        names = sorted(known, key=lambda n: (PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER), n))
-        return {name: known[name](weight=known[name].default_weight) for name in names if known[name].pretraining}
+        names = sorted(
+            known, key=lambda n: (PAPER_ORDER.index(n) if n in PAPER_ORDER else len(PAPER_ORDER), n)
+        )
+        return {
+            name: known[name](weight=known[name].default_weight) for name in names if known[name].pretraining
+        }
     out: dict[str, ObjectiveSettings] = {}
     for name, table in raw.items():
         if isinstance(table, ObjectiveSettings):

@@ -54,12 +54,15 @@ class DataConfig(Section):
         "samples were skipped).",
     )
     read_retries: int = Field(
-        5, ge=0, description="Retries of a failed read from a URL (exponential back-off from 0.25 s), counted "
+        5,
+        ge=0,
+        description="Retries of a failed read from a URL (exponential back-off from 0.25 s), counted "
         "in the metrics as read_retries; a shard still unreadable after them is skipped as bad samples.",
     )
     read_timeout: float = Field(60.0, gt=0, description="Seconds a read from a URL may wait for data.")
     cache_dir: Path | None = Field(
-        None, description="Local folder keeping shards read from a URL, for the next epochs and runs "
+        None,
+        description="Local folder keeping shards read from a URL, for the next epochs and runs "
         "(none: stream them again every epoch). Safe to share between loader workers, processes and runs.",
     )
     cache_size_gb: float = Field(
@@ -314,7 +317,9 @@ class TopologyConfig(Section):
         False, description="Recompute layer activations in backward: less memory for larger batches."
     )
     collective_timeout: float = Field(
-        1800.0, ge=1, description="Seconds a process waits in a collective (all-reduce, barrier) for the others "
+        1800.0,
+        ge=1,
+        description="Seconds a process waits in a collective (all-reduce, barrier) for the others "
         "before the run stops with an error naming the lost process (a node that died without closing its "
         "connections).",
     )
@@ -342,11 +347,14 @@ class EvalConfig(Section):
     is kept in RUN/best/."""
 
     every: int = Field(0, ge=0, description="Steps between evaluations (also at the end); 0 = none.")
-    data: str | None = Field(None, description="Data set (NAME or NAME:GROUP); default: the first of data.train.")
+    data: str | None = Field(
+        None, description="Data set (NAME or NAME:GROUP); default: the first of data.train."
+    )
     split: str = Field("val", description="Held-out split to evaluate on.")
     images: int = Field(256, ge=2, description="Images (or clips) of the split used, from its start.")
     best: str | None = Field(
-        "eval/ir_r1", description="Metric whose best value keeps a copy in RUN/best/ (higher is better); none: off."
+        "eval/ir_r1",
+        description="Metric whose best value keeps a copy in RUN/best/ (higher is better); none: off.",
     )
     pictures: bool = Field(
         True, description="Also log a retrieval contact sheet and an attention heat map (TensorBoard images)."
@@ -379,11 +387,15 @@ class TaskConfig(Section):
     """What `scl finetune` trains and evaluates (pre-training recipes have no [task] table)."""
 
     name: Literal["vqa", "nlvr2", "retrieval"]
-    dataset: str = Field(description="Data set under data.root, e.g. 'vqav2', 'nlvr2', 'f30k', 'coco', 'shapes'.")
+    dataset: str = Field(
+        description="Data set under data.root, e.g. 'vqav2', 'nlvr2', 'f30k', 'coco', 'shapes'."
+    )
     group: str = Field("splits", description="Manifest group of the splits ('nlvr2' for the shapes pairs).")
     train_split: str = "train"
     eval_split: str = Field("val", description="Split evaluated at the end of fine-tuning.")
-    epochs: float | None = Field(None, gt=0, description="Sets optim.max_steps from the training split's size.")
+    epochs: float | None = Field(
+        None, gt=0, description="Sets optim.max_steps from the training split's size."
+    )
     rerank: int = Field(128, ge=0, description="Retrieval: ITC candidates re-scored by the fusion rank head.")
     max_questions: int = Field(8, ge=1, description="VQA: questions per image in a training batch.")
 

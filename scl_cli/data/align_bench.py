@@ -91,7 +91,11 @@ def _regions(raw: Any, path: Path) -> dict[str, list[Region]]:
 
 def read_sample(pkl: Path, images: Path) -> AlignSample:
     record = read_pickle(pkl)
-    if not isinstance(record, dict) or not isinstance(record.get("caption"), str) or "annotation" not in record:
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("caption"), str)
+        or "annotation" not in record
+    ):
         raise DataError(f"{pkl}: expected a dict with 'caption' and 'annotation'")
     image = images / f"{pkl.stem}.jpg"
     if not image.is_file():
@@ -107,7 +111,12 @@ def iter_align_bench(folder: Path, limit: int | None = None) -> Iterator[AlignSa
     """The samples of an ALIGN-BENCH folder, in numeric order of their file names."""
     folder = Path(folder)
     if not is_align_bench(folder):
-        raise DataError(f"{folder}: not an ALIGN-BENCH folder (expected images/ and pkls/) nor a prepared shapes data set")
-    pkls = sorted(folder.glob("pkls/*.pkl"), key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem))
+        raise DataError(
+            f"{folder}: not an ALIGN-BENCH folder (expected images/ and pkls/) nor a prepared shapes data set"
+        )
+    pkls = sorted(
+        folder.glob("pkls/*.pkl"),
+        key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem),
+    )
     for pkl in pkls[:limit]:
         yield read_sample(pkl, folder / "images")

@@ -42,6 +42,7 @@ class Batcher(Protocol):
 
     def combine(self, prepared: list[Any]) -> dict[str, torch.Tensor]: ...
 
+
 Item = tuple[dict[str, Any], int, random.Random]
 """What a loader hands a collate function per sample: (raw shard sample, global index, the
 sample's own generator for its random choices)."""
@@ -64,7 +65,9 @@ def captions_of(sample: dict[str, Any]) -> list[str]:
     try:
         captions = json.loads(sample["json"])["captions"]
     except (KeyError, ValueError, TypeError) as err:
-        raise BadSample("bad_record", f"{where(sample)}: no readable 'captions' in its .json ({err})") from err
+        raise BadSample(
+            "bad_record", f"{where(sample)}: no readable 'captions' in its .json ({err})"
+        ) from err
     if not captions:
         raise BadSample("bad_record", f"{where(sample)}: empty caption list")
     return captions
@@ -111,8 +114,15 @@ class CaptionBatch:
     """The pre-training batch: each sample's pixels and one of its captions, drawn by its generator.
     Keys: `images` uint8 [B, T, 3, S, S], `text_ids`/`text_mask` [B, L], `index` [B]."""
 
-    def __init__(self, tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int) -> None:
-        self.tokenizer, self.transform, self.max_len, self.num_frames = tokenizer, transform, max_len, num_frames
+    def __init__(
+        self, tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int
+    ) -> None:
+        self.tokenizer, self.transform, self.max_len, self.num_frames = (
+            tokenizer,
+            transform,
+            max_len,
+            num_frames,
+        )
 
     def prepare(self, item: Item) -> tuple[str, torch.Tensor, int, str]:
         sample, index, rng = item
@@ -141,4 +151,3 @@ def caption_batch(
 ) -> dict[str, torch.Tensor]:
     """The pre-training batch of `items` (see `CaptionBatch`)."""
     return CaptionBatch(tokenizer, transform, max_len, num_frames)(items)
-

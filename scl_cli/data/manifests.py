@@ -39,7 +39,7 @@ class Source:
 
 
 def parse_source(spec: str, group: str = "splits") -> tuple[str, str]:
-    """"NAME" or "NAME:GROUP" (e.g. "shapes:clips") -> (data set, manifest group). A folder or URL
+    """ "NAME" or "NAME:GROUP" (e.g. "shapes:clips") -> (data set, manifest group). A folder or URL
     may stand for NAME ("s3://bucket/data/shapes:clips"); a URL's "//" and port are no group."""
     head, sep, tail = spec.rpartition(":")
     port = remote.is_url(spec) and tail.isdigit() and "/" not in head.split("://", 1)[-1]
@@ -54,7 +54,9 @@ def dataset_location(data_root: Path | str, name: str) -> Path | str:
     return remote.join(data_root, name)
 
 
-def load_sources(data_root: Path | str, datasets: list[str], split: str, group: str = "splits") -> list[Source]:
+def load_sources(
+    data_root: Path | str, datasets: list[str], split: str, group: str = "splits"
+) -> list[Source]:
     """The shards of `split` of each data set ("NAME" or "NAME:GROUP"), local ones checked against
     the disk; `DataError` naming the file."""
     sources, offset = [], 0
@@ -105,7 +107,12 @@ def check_slots(
 
 
 def check_train_data(
-    data_root: Path | str, datasets: list[str], split: str, world_size: int, num_workers: int, group: str = "splits"
+    data_root: Path | str,
+    datasets: list[str],
+    split: str,
+    world_size: int,
+    num_workers: int,
+    group: str = "splits",
 ) -> None:
     """What `build_train_loader` checks first, for all ranks at once (manifests and shard files)."""
     check_slots(load_sources(data_root, datasets, split, group), world_size, num_workers, split, data_root)

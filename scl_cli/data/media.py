@@ -88,7 +88,7 @@ def _video_frames(data: bytes, frames: int) -> list[Image.Image]:
 
 
 def sniff_video_ext(data: bytes) -> str | None:
-    """"mp4" / "webm" / "avi" when the bytes start like such a container, else None (for uploads
+    """ "mp4" / "webm" / "avi" when the bytes start like such a container, else None (for uploads
     without a usable file name)."""
     if data[4:8] == b"ftyp":
         return "mp4"

@@ -59,8 +59,12 @@ def sample_clip(rng: random.Random) -> tuple[ShapeObject, str, list[ShapeObject]
 
 
 def render_clip(
-    mover: ShapeObject, direction: str, still: list[ShapeObject], background: tuple[int, int, int],
-    size: int, frames: int = CLIP_FRAMES,
+    mover: ShapeObject,
+    direction: str,
+    still: list[ShapeObject],
+    background: tuple[int, int, int],
+    size: int,
+    frames: int = CLIP_FRAMES,
 ) -> list[Image.Image]:
     """The clip's frames: the mover goes from one end of its line to the other in equal steps."""
     dx, dy = DIRECTIONS[direction]

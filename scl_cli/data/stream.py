@@ -119,7 +119,9 @@ class TrainStream(IterableDataset):
             return self.collate
         return None
 
-    def _skipping_batches(self, batcher: Batcher, worker: int, start: int) -> Iterator[dict[str, torch.Tensor]]:
+    def _skipping_batches(
+        self, batcher: Batcher, worker: int, start: int
+    ) -> Iterator[dict[str, torch.Tensor]]:
         choices, readers = self._readers(worker, start, self.start_skipped[worker])
         # At most an epoch of bad samples in a row per data set, then the data set is unusable.
         limits = [sum(s.samples for s in self.slot_shards(src, worker)) for src in self.sources]
@@ -157,7 +159,13 @@ class TrainStream(IterableDataset):
         choices, consumed = self._dataset_choices(worker, start)
         readers = [
             SlotReader(
-                self.slot_shards(src, worker), self.seed, i, self.rank, worker, self.shuffle_buffer, self.reading
+                self.slot_shards(src, worker),
+                self.seed,
+                i,
+                self.rank,
+                worker,
+                self.shuffle_buffer,
+                self.reading,
             ).samples(consumed[i] + extra[i])
             for i, src in enumerate(self.sources)
         ]

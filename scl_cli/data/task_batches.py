@@ -50,7 +50,9 @@ def _pixels(sample: dict[str, Any], transform: ImageTransform, rng, prefix: str 
     return decode_image_member(sample, image_bytes(sample, prefix), transform, rng)
 
 
-def iter_split(data_root: Path | str, dataset: str, split: str, group: str = "splits") -> Iterator[dict[str, Any]]:
+def iter_split(
+    data_root: Path | str, dataset: str, split: str, group: str = "splits"
+) -> Iterator[dict[str, Any]]:
     """Every raw sample of a split once, in manifest order (evaluation)."""
     for source in load_sources(data_root, [dataset], split, group=group):
         for shard in source.shards:
@@ -72,7 +74,9 @@ def vqa_answer_vocabulary(data_root: Path | str, dataset: str) -> list[str]:
             return json.loads(remote.read_bytes(str(path)).decode("utf-8"))
     elif Path(path).is_file():
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    answers = [q["answer"] for s in iter_split(data_root, dataset, "train") for q in sample_json(s).get("vqa", [])]
+    answers = [
+        q["answer"] for s in iter_split(data_root, dataset, "train") for q in sample_json(s).get("vqa", [])
+    ]
     if not answers:
         raise DataError(f"{folder}: no answers.json and no VQA questions in its train split")
     return build_vocabulary(answers, size=len(set(answers)))
@@ -173,7 +177,9 @@ class NLVR2Batcher:
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         return self.combine([self.prepare(item) for item in items])
 
-    def combine(self, prepared: list[tuple[torch.Tensor, torch.Tensor, str, bool]]) -> dict[str, torch.Tensor]:
+    def combine(
+        self, prepared: list[tuple[torch.Tensor, torch.Tensor, str, bool]]
+    ) -> dict[str, torch.Tensor]:
         first, second, statements, labels = (list(column) for column in zip(*prepared, strict=True))
         ids, mask = self.tokenizer.encode(statements, self.max_len)
         return {

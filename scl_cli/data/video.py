@@ -120,4 +120,3 @@ def decode_clip(
         for frame in frames
     ]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
-

@@ -38,7 +38,11 @@ class AlignReport:
 
 
 def align(
-    ckpt: Path, data: Path, limit: int | None = None, device: str = "auto", reporter: Reporter | None = None,
+    ckpt: Path,
+    data: Path,
+    limit: int | None = None,
+    device: str = "auto",
+    reporter: Reporter | None = None,
     split: str = "test",
 ) -> AlignReport:
     """Score `ckpt` on the ALIGN-BENCH folder `data` (images/ + pkls/), or on `split` of a prepared
@@ -66,6 +70,8 @@ def _score_sample(scl: SCL, sample, size: int, scores: AlignScores) -> int:
     # Squashed to the model's square, as the scripts' Resize((size, size)) does (no crop).
     squashed = image.resize((size, size), Image.Resampling.BICUBIC)
     pixels = torch.from_numpy(np.asarray(squashed, dtype=np.uint8).copy()).permute(2, 0, 1)
-    global_map, pieces, piece_maps = caption_attention(scl.module, scl.tokenizer, pixels, sample.caption, scl.device, scl.dtype)
+    global_map, pieces, piece_maps = caption_attention(
+        scl.module, scl.tokenizer, pixels, sample.caption, scl.device, scl.dtype
+    )
     score_image(scores, global_map, pieces, piece_maps, sample.regions, height, width)
     return 1

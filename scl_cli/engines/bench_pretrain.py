@@ -31,6 +31,7 @@ __all__ = ["BenchReport", "bench_pretrain", "step_flops", "synthetic_batch", "sy
 # Pass --peak-tflops for anything else, or to use another reference.
 PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
+
 @dataclass
 class BenchReport:
     device: str

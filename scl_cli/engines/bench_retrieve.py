@@ -179,7 +179,9 @@ def bench_rerank(
         t0 = time.perf_counter()
         _, image_tokens = scl.image_features(images)
         t1 = time.perf_counter()
-        scl.fusion_scores(tokens.expand(candidates, -1, -1).contiguous(), mask.expand(candidates, -1), image_tokens)
+        scl.fusion_scores(
+            tokens.expand(candidates, -1, -1).contiguous(), mask.expand(candidates, -1), image_tokens
+        )
         return t1 - t0, time.perf_counter() - t1
 
     once()

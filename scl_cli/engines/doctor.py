@@ -154,7 +154,9 @@ def _data(report: DoctorReport, recipe: Recipe) -> set[str]:
             except SclError as err:
                 report.add(f"data: {name}", FAIL, str(err), "check the URL, the network and the credentials")
                 continue
-            cache = f"cached in {data.cache_dir}" if data.cache_dir is not None else "no cache (data.cache_dir)"
+            cache = (
+                f"cached in {data.cache_dir}" if data.cache_dir is not None else "no cache (data.cache_dir)"
+            )
             where = f", streamed from {src.location} ({cache})"
         report.add(f"data: {name}", OK, f"{split}: {src.samples:,} {src.media} samples in {len(src.shards)} "
                                         f"shards for {slots} loader slot(s){where}")  # fmt: skip
@@ -326,6 +328,8 @@ def doctor(recipe: Recipe | None = None) -> DoctorReport:
         _initial_weights(report, recipe)
         vocab = _tokenizer(report, recipe)
     else:
-        report.add("initial weights", OK, "the checkpoint given to `scl finetune --ckpt` (weights and tokenizer)")
+        report.add(
+            "initial weights", OK, "the checkpoint given to `scl finetune --ckpt` (weights and tokenizer)"
+        )
     _output(report, recipe, vocab)
     return report

@@ -47,13 +47,17 @@ def evaluate_checkpoint(
     reporter = reporter or NullReporter()
     k = parse_rerank(rerank)
     with StageProgress(reporter) as progress:
-        report = evaluate(task, ckpt, data=data, split=split, rerank=k, batch_size=batch_size, progress=progress)
+        report = evaluate(
+            task, ckpt, data=data, split=split, rerank=k, batch_size=batch_size, progress=progress
+        )
     path = out or Path(f"eval-{task}.json")
     report.write_json(path)
     run = EvalRun(report, path)
     if task == "vqa" and not report.metrics and report.details.get("predictions"):
         run.submission = path.with_name(path.stem + "-submission.json")
-        write_submission(run.submission, {p["question_id"]: p["answer"] for p in report.details["predictions"]})
+        write_submission(
+            run.submission, {p["question_id"]: p["answer"] for p in report.details["predictions"]}
+        )
     return run
 
 
@@ -62,7 +66,9 @@ def score_vqa_predictions(
 ) -> dict[str, Any]:
     """VQA accuracy of a predictions file against the official questions and annotations."""
     if questions is None or annotations is None:
-        raise UsageError("--predictions scores VQA files: pass it with `vqa --questions Q.json --annotations A.json`")
+        raise UsageError(
+            "--predictions scores VQA files: pass it with `vqa --questions Q.json --annotations A.json`"
+        )
     scores = score_prediction_files(predictions, questions, annotations)
     if out is not None:
         atomic_write_json(out, scores)

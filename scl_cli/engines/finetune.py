@@ -115,7 +115,9 @@ def finetune(
         heads = sorted({k.split(".")[0] for k in loaded.new_keys})
         reporter.info(f"new heads (not in {ckpt}): {', '.join(heads)}")
     if loaded.unused_keys:
-        reporter.info(f"checkpoint heads not used by this task: {', '.join(sorted({k.split('.')[0] for k in loaded.unused_keys}))}")
+        reporter.info(
+            f"checkpoint heads not used by this task: {', '.join(sorted({k.split('.')[0] for k in loaded.unused_keys}))}"
+        )
     step = TrainStep(model.to(runtime.device), objectives, recipe.masking,
                         TextSpec.from_tokenizer(loaded.tokenizer, model.vocab_size).to(runtime.device))  # fmt: skip
 
@@ -147,7 +149,12 @@ def finetune(
         )  # fmt: skip
     report = None
     # A run stopped by SIGTERM is evaluated when it ends after --resume, not now.
-    if evaluate_after and runtime.is_main and result.last_checkpoint is not None and not result.stopped_by_signal:
+    if (
+        evaluate_after
+        and runtime.is_main
+        and result.last_checkpoint is not None
+        and not result.stopped_by_signal
+    ):
         report = evaluate(task.name, result.last_checkpoint, split=task.eval_split,
                           rerank=task.rerank if task.name == "retrieval" else None)  # fmt: skip
         report.write_json(run_dir / EVAL_FILE)

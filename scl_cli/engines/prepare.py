@@ -133,12 +133,16 @@ def _render_shard(
     return writer.shards[0], samples
 
 
-def _render_clip_shard(work: Path, seed: int, size: int, shard_size: int, task: _ShardTask) -> tuple[dict, list[str]]:
+def _render_clip_shard(
+    work: Path, seed: int, size: int, shard_size: int, task: _ShardTask
+) -> tuple[dict, list[str]]:
     """Render and write one shard of moving-shape clips (in a worker); returns its manifest entry
     and its captions."""
     texts: list[str] = []
     first = task.shard * shard_size
-    with ShardWriter(work / "clips" / task.split, shard_size, relative_to=work, first_shard=task.shard) as writer:
+    with ShardWriter(
+        work / "clips" / task.split, shard_size, relative_to=work, first_shard=task.shard
+    ) as writer:
         for index in range(first, min(task.split_size, first + shard_size)):
             mp4, record = generate_clip(seed, task.split, index, size)
             writer.write({"__key__": record["id"], "mp4": mp4, "json": _dumps(record)})
@@ -344,7 +348,10 @@ def prepare_dataset(
 
 def preparers() -> dict[str, Callable[..., Path]]:
     """`shapes` and every data set with a reader."""
-    return {"shapes": prepare_shapes, **{name: functools.partial(prepare_dataset, name) for name in reader_names()}}
+    return {
+        "shapes": prepare_shapes,
+        **{name: functools.partial(prepare_dataset, name) for name in reader_names()},
+    }
 
 
 def staging_folder(out: str) -> Path:

@@ -153,7 +153,9 @@ def _differences(recipe: Recipe, config: dict, runtime_record: dict) -> tuple[li
         and record.get("packages") == package_versions()
     )
     if not same_machine:
-        notes.append("another machine, topology or package set than the recorded run: compared with a tolerance")
+        notes.append(
+            "another machine, topology or package set than the recorded run: compared with a tolerance"
+        )
     return notes, same_machine
 
 

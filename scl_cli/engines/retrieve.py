@@ -28,7 +28,9 @@ def index_folder(ckpt: Path, folder: Path, reporter: Reporter) -> Path:
     """The cached index of an image folder for a checkpoint, built or extended first."""
     out = default_index_dir(ckpt, images_dir_name(folder))
     with StageProgress(reporter) as progress:
-        s = build_index(ckpt, out, images=folder, add=is_index(out), progress=progress, info_message=reporter.info)
+        s = build_index(
+            ckpt, out, images=folder, add=is_index(out), progress=progress, info_message=reporter.info
+        )
     if s.added:
         reporter.info(f"indexed {s.added} new images of {folder} into {out} ({s.total} in all)")
     for reason, n in s.skipped.items():

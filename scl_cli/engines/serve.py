@@ -37,7 +37,9 @@ def load_service(
         same, _ = find_indexes(path, checkpoint_id(path).fingerprint)
         index = same[0][0] if same else None
         if index is None:
-            reporter.warn(f"no index made from {ckpt}: /search is off (make one with `scl index`, or pass --index)")
+            reporter.warn(
+                f"no index made from {ckpt}: /search is off (make one with `scl index`, or pass --index)"
+            )
     retriever = Retriever(index, path, model=model) if index is not None else None
     return Service(model, retriever, limits)
 
@@ -60,12 +62,16 @@ def listen(host: str, port: int) -> socket.socket:
 def _server(service: Service, log_level: str) -> Any:
     import uvicorn
 
-    config = uvicorn.Config(create_app(service), log_level=log_level, access_log=False, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        create_app(service), log_level=log_level, access_log=False, timeout_graceful_shutdown=5
+    )
     return uvicorn.Server(config)
 
 
 @contextlib.contextmanager
-def running(service: Service, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> Iterator[str]:
+def running(
+    service: Service, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> Iterator[str]:
     """Serve `service` from a background thread while the block runs; yields the base URL
     (`http://127.0.0.1:PORT`). For tests and benchmarks: port 0 picks a free port."""
     sock = listen(host, port)

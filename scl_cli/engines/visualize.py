@@ -55,7 +55,9 @@ def visualize(
         return VisualizeResult(out, [], len(shown))
     rows, words = [], []
     for t, frame in enumerate(shown):
-        global_map, pieces, piece_maps = caption_attention(scl.module, scl.tokenizer, pixels[t], text, scl.device, scl.dtype)
+        global_map, pieces, piece_maps = caption_attention(
+            scl.module, scl.tokenizer, pixels[t], text, scl.device, scl.dtype
+        )
         words, word_maps = merge_words(pieces, piece_maps)
         label = f"frame {t + 1}" if len(shown) > 1 else "image"
         panels = [Panel(label, frame), Panel("global ([CLS])", frame, global_map)]
@@ -101,7 +103,9 @@ def _masked_rows(
     text_emb = model.embed_text(model.encode_text(ids, text_mask))
     clip = to_model_input(pixels[None].to(dev)).to(scl.dtype)
     generator = torch.Generator().manual_seed(seed)
-    mask = mask_patches(1, grid * grid, share, dev, noise=torch.rand(1, grid * grid, generator=generator).to(dev)).mask
+    mask = mask_patches(
+        1, grid * grid, share, dev, noise=torch.rand(1, grid * grid, generator=generator).to(dev)
+    ).mask
     outputs = []
     for token_mask in (None, mask):
         image_emb = model.embed_image(model.encode_image(clip, token_mask=token_mask))

@@ -37,7 +37,9 @@ BACKGROUND_SHARE = 0.9
 def resize_mask(mask: np.ndarray, grid: int) -> np.ndarray:
     """[H, W] mask -> [grid, grid] float, bicubic without antialiasing (values may over/undershoot)."""
     tensor = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
-    return F.interpolate(tensor, size=(grid, grid), mode="bicubic", align_corners=False)[0, 0].double().numpy()
+    return (
+        F.interpolate(tensor, size=(grid, grid), mode="bicubic", align_corners=False)[0, 0].double().numpy()
+    )
 
 
 def mass_inside(att: np.ndarray, mask: np.ndarray) -> float:
@@ -58,7 +60,9 @@ def region_masks(
         # Python slicing, as the scripts' torch indexing: negative or reversed ends select what they select.
         box[y1:y2, x1:x2] = 1.0
         if region.pixels.shape != (height, width):
-            raise DataError(f"a pixel_mask of shape {region.pixels.shape} on an image of {height}x{width} pixels")
+            raise DataError(
+                f"a pixel_mask of shape {region.pixels.shape} on an image of {height}x{width} pixels"
+            )
         pixels = pixels | region.pixels.astype(bool)
     return box, pixels
 
@@ -106,7 +110,9 @@ class AlignScores:
     baseline_local_pixel: list[float] = field(default_factory=list)
 
     def means(self) -> dict[str, float]:
-        return {name: float(np.mean(values)) if values else float("nan") for name, values in vars(self).items()}
+        return {
+            name: float(np.mean(values)) if values else float("nan") for name, values in vars(self).items()
+        }
 
 
 def score_image(
@@ -149,7 +155,12 @@ def score_image(
 
 @torch.inference_mode()
 def caption_attention(
-    model, tokenizer, pixels: torch.Tensor, caption: str, device: torch.device, dtype: torch.dtype = torch.float32
+    model,
+    tokenizer,
+    pixels: torch.Tensor,
+    caption: str,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """The maps of one image (uint8 [3, S, S], squashed to the model's size) and its caption:
     (global map [g, g], the caption's pieces [n], their maps [n, g, g]), heads maxed out."""
@@ -157,7 +168,9 @@ def caption_attention(
     length = int(mask.sum())
     ids, mask = ids[:, :length].to(device), mask[:, :length].to(device)
     image = model.encode_image(to_model_input(pixels[None, None].to(device)).to(dtype))
-    probs = text_to_image_attention(model, model.embed_text(model.encode_text(ids, mask)), mask, model.embed_image(image))
+    probs = text_to_image_attention(
+        model, model.embed_text(model.encode_text(ids, mask)), mask, model.embed_image(image)
+    )
     vision = model.config.vision
     maps = patch_maps(probs, 1, vision.image_size // vision.patch_size)[0, :, :, 0]  # [H, L, g, g]
     maps = maps.max(dim=0).values.double().cpu().numpy()  # heads maxed out: [L, g, g]

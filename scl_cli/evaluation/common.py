@@ -27,7 +27,10 @@ class EvalReport:
     details: dict[str, Any] = field(default_factory=dict)
 
     def rows(self) -> list[list[str]]:
-        rows = [[k, f"{v:.2f}", f"{self.baselines[k]:.2f}" if k in self.baselines else ""] for k, v in self.metrics.items()]
+        rows = [
+            [k, f"{v:.2f}", f"{self.baselines[k]:.2f}" if k in self.baselines else ""]
+            for k, v in self.metrics.items()
+        ]
         return rows
 
     @classmethod

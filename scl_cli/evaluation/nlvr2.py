@@ -36,5 +36,7 @@ def eval_nlvr2(model: SCL, data: EvalData, batch_size: int, progress) -> EvalRep
         raise UsageError(f"{data.dataset}/{data.split}: no NLVR2 samples")
     majority = 100 * max(positives, total - positives) / total
     metrics = {"accuracy": 100 * correct / total}
-    metrics.update({f"accuracy/{kind}": 100 * sum(hits) / len(hits) for kind, hits in sorted(by_type.items())})
+    metrics.update(
+        {f"accuracy/{kind}": 100 * sum(hits) / len(hits) for kind, hits in sorted(by_type.items())}
+    )
     return EvalReport("nlvr2", "", data.dataset, data.split, total, 0.0, metrics, {"accuracy": majority})

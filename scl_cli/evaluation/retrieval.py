@@ -90,7 +90,9 @@ def motion_foil_rates(model: SCL, enc: EncodedSplit, fusion: bool) -> dict[str, 
             image = enc.image_tokens[chunk]
             true_scores.append(model.fusion_scores(enc.text_tokens[caption[chunk]], enc.text_mask[caption[chunk]],
                                                    image, enc.frames).cpu())  # fmt: skip
-            foil_scores.append(model.fusion_scores(enc.foil_tokens[chunk], enc.foil_mask[chunk], image, enc.frames).cpu())
+            foil_scores.append(
+                model.fusion_scores(enc.foil_tokens[chunk], enc.foil_mask[chunk], image, enc.frames).cpu()
+            )
         out["motion_fusion"] = 100 * (torch.cat(true_scores) > torch.cat(foil_scores)).float().mean().item()
     return out
 

@@ -36,7 +36,9 @@ def evaluate(
     started = time.perf_counter()
     model = SCL.from_pretrained(ckpt, device=device)
     where = resolve_data(model.config, data, split, task)
-    report_progress = (lambda stage, done: progress(stage, done, None)) if progress else (lambda stage, done: None)
+    report_progress = (
+        (lambda stage, done: progress(stage, done, None)) if progress else (lambda stage, done: None)
+    )
     if task == "vqa":
         report = eval_vqa(model, where, batch_size, report_progress)
     elif task == "nlvr2":

@@ -40,7 +40,9 @@ def eval_vqa(model: SCL, data: EvalData, batch_size: int, progress) -> EvalRepor
         if not questions:
             continue
         batch = batcher(items)
-        logits = model.vqa_logits(batch["images"], batch["text_ids"], batch["text_mask"], batch["question_image"])
+        logits = model.vqa_logits(
+            batch["images"], batch["text_ids"], batch["text_mask"], batch["question_image"]
+        )
         answers = [vocab[i] for i in logits.argmax(dim=1).tolist()]
         for q, answer, qid in zip(questions, answers, batch["question_id"].tolist(), strict=True):
             if qid < 0:  # generated questions have no id of their own: number them in split order

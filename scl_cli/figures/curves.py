@@ -60,7 +60,8 @@ def unique_names(runs: Sequence[Path]) -> list[str]:
     """Legend names: the run folder's name, with its parent's when two runs share a name."""
     names = [metrics_file(r).parent.name for r in runs]
     return [
-        f"{metrics_file(r).parent.parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(runs, names, strict=True)
+        f"{metrics_file(r).parent.parent.name}/{n}" if names.count(n) > 1 else n
+        for r, n in zip(runs, names, strict=True)
     ]
 
 
@@ -109,7 +110,9 @@ def plot_runs(
     missing = [m for m in metrics if not any(m in r.series for r in runs)]
     if missing:
         known = sorted({k for r in runs for k in r.series})
-        raise UsageError(f"--metrics: {', '.join(missing)} not logged by these runs (logged: {', '.join(known)})")
+        raise UsageError(
+            f"--metrics: {', '.join(missing)} not logged by these runs (logged: {', '.join(known)})"
+        )
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg"):
         raise UsageError(f"--out {out}: expected a .png or .svg file")
@@ -125,9 +128,13 @@ def plot_runs(
             values = [v for _, v in points]
             color = f"C{i % 10}"
             if smoothing > 0:
-                ax.plot(steps, [float("nan") if v is None else v for v in values], color=color, alpha=0.25, lw=1)
+                ax.plot(
+                    steps, [float("nan") if v is None else v for v in values], color=color, alpha=0.25, lw=1
+                )
             shown = smooth(values, smoothing)
-            ax.plot(steps, [float("nan") if v is None else v for v in shown], color=color, lw=1.6, label=run.name)
+            ax.plot(
+                steps, [float("nan") if v is None else v for v in shown], color=color, lw=1.6, label=run.name
+            )
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -159,10 +166,14 @@ def sparkline(values: Sequence[float | None], width: int = 40) -> str:
         values = [values[min(int(i * step), len(values) - 1)] for i in range(width)]
     lo, hi = min(finite), max(finite)
     span = hi - lo or 1.0
-    return "".join(" " if v is None else SPARK[min(int((v - lo) / span * len(SPARK)), len(SPARK) - 1)] for v in values)
+    return "".join(
+        " " if v is None else SPARK[min(int((v - lo) / span * len(SPARK)), len(SPARK) - 1)] for v in values
+    )
 
 
-def summary_rows(runs: Sequence[RunCurves], metrics: Sequence[str], smoothing: float = 0.0) -> list[list[str]]:
+def summary_rows(
+    runs: Sequence[RunCurves], metrics: Sequence[str], smoothing: float = 0.0
+) -> list[list[str]]:
     """Per (metric, run): first, last, min, max (of the finite values) and a sparkline."""
     rows = []
     for metric in metrics:

@@ -25,7 +25,9 @@ class Panel:
     colorbar: bool = False  # for fixed ranges (`normalise=False`)
 
 
-def heatmap_grid(rows: list[list[Panel]], out: Path, title: str = "", alpha: float = 0.6, size: float = 2.6) -> Path:
+def heatmap_grid(
+    rows: list[list[Panel]], out: Path, title: str = "", alpha: float = 0.6, size: float = 2.6
+) -> Path:
     """One row per frame (a still image: one row), panels left to right; PNG or SVG by suffix."""
     import matplotlib
 
@@ -33,7 +35,9 @@ def heatmap_grid(rows: list[list[Panel]], out: Path, title: str = "", alpha: flo
     import matplotlib.pyplot as plt
 
     columns = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), columns, figsize=(size * columns, size * len(rows) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), columns, figsize=(size * columns, size * len(rows) + 0.4), squeeze=False
+    )
     for r, row in enumerate(rows):
         for c in range(columns):
             ax = axes[r][c]
@@ -44,7 +48,9 @@ def heatmap_grid(rows: list[list[Panel]], out: Path, title: str = "", alpha: flo
             ax.imshow(panel.image)
             if panel.heat is not None:
                 resample = Image.Resampling.BICUBIC if panel.smooth else Image.Resampling.NEAREST
-                heat = np.asarray(Image.fromarray(panel.heat.astype(np.float32)).resize(panel.image.size, resample))
+                heat = np.asarray(
+                    Image.fromarray(panel.heat.astype(np.float32)).resize(panel.image.size, resample)
+                )
                 if panel.normalise:
                     # Minimum to maximum: the paper's script divides by the maximum only, which
                     # paints a nearly uniform map (an early checkpoint's) in one colour.

@@ -38,7 +38,9 @@ def read_report(path: Path) -> dict[str, Any] | None:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) and "task" in data and isinstance(data.get("metrics"), dict) else None
+    return (
+        data if isinstance(data, dict) and "task" in data and isinstance(data.get("metrics"), dict) else None
+    )
 
 
 def find_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -58,8 +60,15 @@ def find_manifests(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(manifest, dict):
-            splits = {k: {"samples": v.get("samples")} for k, v in (manifest.get("splits") or {}).items() if isinstance(v, dict)}
-            out[name] = {**{k: v for k, v in manifest.items() if isinstance(v, str | int | float)}, "splits": splits}
+            splits = {
+                k: {"samples": v.get("samples")}
+                for k, v in (manifest.get("splits") or {}).items()
+                if isinstance(v, dict)
+            }
+            out[name] = {
+                **{k: v for k, v in manifest.items() if isinstance(v, str | int | float)},
+                "splits": splits,
+            }
     return out
 
 
@@ -86,7 +95,10 @@ def _heads(heads: dict[str, Any]) -> list[str]:
     lines = ["- ITC (embeddings), ITM (match score), MLM: from pre-training"]
     if "vqa" in heads:
         vocab = heads["vqa"].get("vocabulary")
-        lines.append(f"- VQA: {heads['vqa'].get('answers')} answers" + (f" (`{vocab}`)" if vocab else " (no answer list)"))
+        lines.append(
+            f"- VQA: {heads['vqa'].get('answers')} answers"
+            + (f" (`{vocab}`)" if vocab else " (no answer list)")
+        )
     if "nlvr2" in heads:
         lines.append("- NLVR2: true/false of a statement about an image pair")
     if "rank" in heads:
@@ -96,12 +108,16 @@ def _heads(heads: dict[str, Any]) -> list[str]:
 
 def _manifests(manifests: dict[str, dict[str, Any]]) -> list[str]:
     if not manifests:
-        return ["Not recorded (the data sets' `manifest.json` were not found beside the recipe's `data.root`)."]
+        return [
+            "Not recorded (the data sets' `manifest.json` were not found beside the recipe's `data.root`)."
+        ]
     lines = ["| data set | version | source | splits (samples) |", "|---|---|---|---|"]
     for name, m in manifests.items():
         splits = m.get("splits") or {}
         counts = ", ".join(
-            f"{split}: {entry.get('samples', entry.get('count', '?'))}" if isinstance(entry, dict) else f"{split}"
+            f"{split}: {entry.get('samples', entry.get('count', '?'))}"
+            if isinstance(entry, dict)
+            else f"{split}"
             for split, entry in splits.items()
         )
         source = m.get("source") or m.get("generator") or ""
@@ -168,8 +184,22 @@ def model_card(
         lines.append('model.answer("photo.jpg", "what colour is the circle?")')
     if "nlvr2" in heads:
         lines.append('model.nlvr2("left.jpg", "right.jpg", "the left image has two stars")')
-    lines += ["```", "", "`pip install scl-cli`; `scl serve --ckpt " + (repo_id or "PATH") + "` puts it behind HTTP.", ""]
-    lines += ["## Architecture", "", *_architecture(config.get("model") or {}, parameters), "", "Heads:", "", *_heads(heads), ""]
+    lines += [
+        "```",
+        "",
+        "`pip install scl-cli`; `scl serve --ckpt " + (repo_id or "PATH") + "` puts it behind HTTP.",
+        "",
+    ]
+    lines += [
+        "## Architecture",
+        "",
+        *_architecture(config.get("model") or {}, parameters),
+        "",
+        "Heads:",
+        "",
+        *_heads(heads),
+        "",
+    ]
     lines += ["## Evaluation", "", *_metrics(reports or []), ""]
     lines += ["## Training data", "", *_manifests(manifests or {}), ""]
     if recipe_toml:

@@ -91,9 +91,13 @@ def download(
                 f"{where}: not a local path, and not in the Hugging Face cache {cache} (offline: HF_HUB_OFFLINE=1) — "
                 "download it once while online, or pass a local folder"
             ) from None
-        raise CheckpointError(f"{where}: not a local path, and the Hub cannot be reached ({_first_line(err)})") from None
+        raise CheckpointError(
+            f"{where}: not a local path, and the Hub cannot be reached ({_first_line(err)})"
+        ) from None
     except GatedRepoError:
-        raise CheckpointError(f"{where}: a gated model — accept its terms on the Hub and log in (hf auth login)") from None
+        raise CheckpointError(
+            f"{where}: a gated model — accept its terms on the Hub and log in (hf auth login)"
+        ) from None
     except RepositoryNotFoundError:
         raise CheckpointError(
             f"{where}: no such model on the Hugging Face Hub (or it is private: log in with `hf auth login` or set HF_TOKEN)"
@@ -137,7 +141,9 @@ def upload_folder(
     except OfflineModeIsEnabled:
         raise HubError(f"{repo_id}: cannot push while offline (HF_HUB_OFFLINE=1 is set)") from None
     except HfHubHTTPError as err:
-        raise HubError(f"{repo_id}: the Hub refused the upload ({_first_line(err)}) — logged in? (hf auth login, HF_TOKEN)") from None
+        raise HubError(
+            f"{repo_id}: the Hub refused the upload ({_first_line(err)}) — logged in? (hf auth login, HF_TOKEN)"
+        ) from None
     except OSError as err:  # no network, DNS, TLS
         raise HubError(f"{repo_id}: cannot reach the Hub ({_first_line(err)})") from None
     return str(getattr(info, "commit_url", None) or getattr(info, "pr_url", None) or info)

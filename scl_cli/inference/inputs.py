@@ -49,7 +49,9 @@ def _frames_from_array(array: np.ndarray, where: str) -> list[Image.Image]:
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
-        raise InputError(f"{where}: array of shape {tuple(array.shape)}; expected [H, W], [H, W, 3] or [T, H, W, 3]")
+        raise InputError(
+            f"{where}: array of shape {tuple(array.shape)}; expected [H, W], [H, W, 3] or [T, H, W, 3]"
+        )
     frames = []
     for frame in array:
         if frame.shape[-1] == 1:
@@ -64,7 +66,9 @@ def _tensor_to_array(tensor: torch.Tensor, where: str) -> np.ndarray:
     if t.dim() == 3:
         t = t.unsqueeze(0)
     if t.dim() != 4 or t.shape[1] not in (1, 3):
-        raise InputError(f"{where}: tensor of shape {tuple(tensor.shape)}; expected [3, H, W] or [T, 3, H, W]")
+        raise InputError(
+            f"{where}: tensor of shape {tuple(tensor.shape)}; expected [3, H, W] or [T, 3, H, W]"
+        )
     if t.dtype != torch.uint8:
         t = t.float()
     return t.permute(0, 2, 3, 1).numpy()

@@ -172,7 +172,9 @@ class SCL(PretrainedMixin):
 
     def _tok(self) -> TextTokenizer:
         if self.tokenizer is None:
-            raise UsageError(f"{self.source}: no tokenizer — pass one to SCL(...) or scl.load(..., tokenizer=...)")
+            raise UsageError(
+                f"{self.source}: no tokenizer — pass one to SCL(...) or scl.load(..., tokenizer=...)"
+            )
         return self.tokenizer
 
     # ------------------------------------------------------------------ batches (tensors on the device)
@@ -206,7 +208,9 @@ class SCL(PretrainedMixin):
         return TextFeatures(itc, self.module.embed_text(tokens) if with_tokens else None, mask)
 
     @torch.inference_mode()
-    def fusion_scores(self, text_tokens: Tensor, text_mask: Tensor, image_tokens: Tensor, frames: int = 1) -> Tensor:
+    def fusion_scores(
+        self, text_tokens: Tensor, text_mask: Tensor, image_tokens: Tensor, frames: int = 1
+    ) -> Tensor:
         """Fusion match score of B (text, image) pairs (`scorer`): text_tokens [B, L, D], text_mask
         [B, L], image_tokens [B, S, D] from `text_features` / `image_features` -> float32 [B]."""
         dev, dt = self.device, self.dtype
@@ -215,7 +219,9 @@ class SCL(PretrainedMixin):
         ).float()
 
     @torch.inference_mode()
-    def vqa_logits(self, images: Tensor, ids: Tensor, mask: Tensor, question_image: Tensor | None = None) -> Tensor:
+    def vqa_logits(
+        self, images: Tensor, ids: Tensor, mask: Tensor, question_image: Tensor | None = None
+    ) -> Tensor:
         """Answer logits [Q, A] float32: images [B, T, 3, S, S], questions ids / mask [Q, L], question
         q about image question_image[q] (None: one question per image)."""
         self.require_head("vqa")
@@ -352,5 +358,7 @@ class SCL(PretrainedMixin):
             second = torch.stack(self.pixels(rights[a : a + batch_size], 1))
             ids, mask = self.tokenize(texts[a : a + batch_size])
             probs = self.nlvr2_logits(first, second, ids, mask).softmax(dim=-1)[:, 1].cpu().tolist()
-            out += [Verdict(t, p > 0.5, float(p)) for t, p in zip(texts[a : a + batch_size], probs, strict=True)]
+            out += [
+                Verdict(t, p > 0.5, float(p)) for t, p in zip(texts[a : a + batch_size], probs, strict=True)
+            ]
         return out[0] if single else out

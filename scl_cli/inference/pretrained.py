@@ -62,10 +62,16 @@ class PretrainedMixin:
         if isinstance(tokenizer, TextTokenizer):
             tok = tokenizer
         else:
-            spec = str(tokenizer) if tokenizer is not None else str(config.get("tokenizer") or "FacebookAI/roberta-base")
+            spec = (
+                str(tokenizer)
+                if tokenizer is not None
+                else str(config.get("tokenizer") or "FacebookAI/roberta-base")
+            )
             tok = load_tokenizer(spec, Path(data_root), "")
         vocabulary = _answer_list(answers, config, path)
-        source = str(name_or_path) if not Path(str(name_or_path)).exists() else str(config.get("checkpoint", path))
+        source = (
+            str(name_or_path) if not Path(str(name_or_path)).exists() else str(config.get("checkpoint", path))
+        )
         return cls(built.model, tok, config, device, dtype, vocabulary, source)
 
     def save_pretrained(
@@ -111,7 +117,9 @@ class PretrainedMixin:
         config = {k: v for k, v in self.config.items() if k not in ("checkpoint", "format", "version")}
         config["model"] = self.module.config.model_dump(mode="json")
         config["vocab_size"], config["pad_token_id"] = self.module.vocab_size, self.module.pad_token_id
-        config["heads"] = describe_heads(self.module, VQA_VOCABULARY_FILE if self.answers is not None else None)
+        config["heads"] = describe_heads(
+            self.module, VQA_VOCABULARY_FILE if self.answers is not None else None
+        )
         config["tokenizer"] = "tokenizer.json" if self.tokenizer is not None else config.get("tokenizer")
         config.setdefault("step", 0)
         config.pop("extra_heads", None)
@@ -150,7 +158,9 @@ class PretrainedMixin:
             return "# recipe (JSON, as stored in config.json)\n# " + json.dumps(recipe)
 
 
-def _answer_list(answers: str | Path | list[str] | None, config: dict[str, Any], path: Path) -> list[str] | None:
+def _answer_list(
+    answers: str | Path | list[str] | None, config: dict[str, Any], path: Path
+) -> list[str] | None:
     """The VQA answer list: `answers` (a list or a JSON file), else the file config.json names
     (`heads.vqa.vocabulary`, beside the weights), else an `answers.json` there (checkpoints written
     before config.json described its heads); None when there is none."""

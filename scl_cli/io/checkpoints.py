@@ -106,7 +106,9 @@ def write_checkpoint_dir(
     if training_state is not None:
         check_plain(training_state, "training_state")
     with atomic_directory(Path(final), replace=True, durable=True) as tmp:
-        save_safetensors(state_dict if state_dict is not None else unwrap(model).state_dict(), tmp / MODEL_FILE)
+        save_safetensors(
+            state_dict if state_dict is not None else unwrap(model).state_dict(), tmp / MODEL_FILE
+        )
         fsync_file(tmp / MODEL_FILE)
         header = {"format": FORMAT, "version": VERSION, "step": step}
         body = {k: v for k, v in config.items() if k not in header}
@@ -275,5 +277,3 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-

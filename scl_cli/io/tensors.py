@@ -132,5 +132,3 @@ def check_plain(obj: Any, where: str) -> None:
         raise TypeError(
             f"{where} is a {type(obj).__name__}; a training state holds only tensors and plain values"
         )
-
-

@@ -93,7 +93,8 @@ class FusionEncoder(nn.Module):
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList(
-                CrossLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.layer_norm_eps) for _ in range(cfg.layers)
+                CrossLayer(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout, cfg.layer_norm_eps)
+                for _ in range(cfg.layers)
             )
 
         self.text_layers = stack()

@@ -226,7 +226,12 @@ class SCLModel(nn.Module):
         return head(self.pooled(self.fuse(text_emb, text_mask, image_emb), frames))
 
     def nlvr2_logits(
-        self, text_emb: Tensor, text_mask: Tensor, first: ImageEncoding, second: ImageEncoding, frames: int = 1
+        self,
+        text_emb: Tensor,
+        text_mask: Tensor,
+        first: ImageEncoding,
+        second: ImageEncoding,
+        frames: int = 1,
     ) -> Tensor:
         """[B, 2] logits (index 1 = true) of B statements (text_emb [B, L, D]) about image pairs; both
         pairs go through the fusion encoder in one call, the second image with token type 2."""

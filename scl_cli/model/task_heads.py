@@ -30,7 +30,9 @@ VQA_VOCABULARY_FILE = "answers.json"
 
 def mlp_classifier(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """Linear -> LayerNorm -> GELU -> Linear (parameters at indices 0, 1, 3, as published)."""
-    head = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    head = nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out_dim)
+    )
     for layer in (head[0], head[3]):
         nn.init.normal_(layer.weight, std=0.02)
         nn.init.zeros_(layer.bias)
@@ -92,7 +94,9 @@ def add_heads(model: SCLModel, heads: Mapping[str, Any], source: str = "checkpoi
         raise CheckpointError(f"{source}: config.json 'heads' must be an object, got {type(heads).__name__}")
     unknown = sorted(set(heads) - set(TASK_HEADS))
     if unknown:
-        raise CheckpointError(f"{source}: config.json names unknown heads {unknown} (known: {', '.join(TASK_HEADS)})")
+        raise CheckpointError(
+            f"{source}: config.json names unknown heads {unknown} (known: {', '.join(TASK_HEADS)})"
+        )
     for name, spec in heads.items():
         spec = spec or {}
         if name == "vqa":

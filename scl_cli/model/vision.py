@@ -209,7 +209,11 @@ class VisionEncoder(nn.Module):
         x = torch.cat([cls, x], dim=2) + self.positional_embedding.to(x.dtype)
         if frames > 1:
             x = x + self.temporal_embedding[:frames, None, :].to(x.dtype)
-        elif self.images_share_steps_with_clips and self.temporal_embedding.requires_grad and torch.is_grad_enabled():
+        elif (
+            self.images_share_steps_with_clips
+            and self.temporal_embedding.requires_grad
+            and torch.is_grad_enabled()
+        ):
             # Image steps of a run that mixes images and clips: an exact zero that still gives the
             # temporal embedding a (zero) gradient, so DDP sees the same parameters used every step.
             x = x + 0.0 * self.temporal_embedding[0].to(x.dtype)

@@ -116,7 +116,9 @@ class ITM(Objective):
         if self.settings.order_weight and ctx.frames > 1:
             # The positive rows hold each caption with its own clip; the pass above scored them already.
             backward = ctx.model.itm_logits(ctx.pooled("itm_reversed"))
-            order, accuracy = order_loss(match_log_odds(logits), match_log_odds(backward), keep=~self.is_negative)
+            order, accuracy = order_loss(
+                match_log_odds(logits), match_log_odds(backward), keep=~self.is_negative
+            )
             out["loss"] = out["loss"] + self.settings.order_weight * order
             out |= {"order": order.detach(), "order/accuracy": accuracy}
         if self.settings.rank_weight:

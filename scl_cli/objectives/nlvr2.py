@@ -21,7 +21,9 @@ def nlvr2_logits(ctx: StepContext) -> torch.Tensor:
     """[B, 2] logits (the head's forward: `SCLModel.nlvr2_logits`, both image passes in one fusion call)."""
     model = ctx.model
     second = model.encode_image(to_model_input(ctx.batch["images2"]))
-    return model.nlvr2_logits(model.embed_text(ctx.text("full")), ctx.text_mask, ctx.image("full"), second, ctx.frames)
+    return model.nlvr2_logits(
+        model.embed_text(ctx.text("full")), ctx.text_mask, ctx.image("full"), second, ctx.frames
+    )
 
 
 class NLVR2(Objective):

@@ -76,7 +76,9 @@ def register(cls: type[Objective]) -> type[Objective]:
     """Class decorator: make an objective available to recipes in this process under `cls.name`."""
     settings = cls.Settings
     if settings is ObjectiveSettings:  # no settings of its own: give it a class to carry its name
-        settings = cls.Settings = type(f"{cls.__name__}Settings", (ObjectiveSettings,), {"__module__": cls.__module__})
+        settings = cls.Settings = type(
+            f"{cls.__name__}Settings", (ObjectiveSettings,), {"__module__": cls.__module__}
+        )
     if "name" not in settings.__dict__:
         settings.name = cls.name
     if "objective" not in settings.__dict__:

@@ -45,7 +45,9 @@ class SCLLocal(Objective):
         image_pos = ctx.masked_image_positions()
         pred = tokens_at(ctx.fused("scl_masktok_image").image, image_pos)
         target = tokens_at(ctx.fused("scl_masked_text").image, image_pos).detach()
-        image_term = symmetric_contrastive_loss(unit(pred), unit(target), t, gather="local" if paper else "global")
+        image_term = symmetric_contrastive_loss(
+            unit(pred), unit(target), t, gather="local" if paper else "global"
+        )
         words = ctx.scl_text_mask
         pred = tokens_at(ctx.fused("scl_masked_text").text, words.index)
         target = tokens_at(ctx.fused("scl_masked_image").text, words.index).detach()

@@ -127,7 +127,9 @@ class Retriever:
         self.timings = {"encode": time.perf_counter() - t0}
         return self.search_text_features(features, top_k, rerank)
 
-    def search_text_features(self, features: TextFeatures, top_k: int = 10, rerank: int = 0) -> list[list[Hit]]:
+    def search_text_features(
+        self, features: TextFeatures, top_k: int = 10, rerank: int = 0
+    ) -> list[list[Hit]]:
         """`search_texts` of queries already encoded (`SCL.text_features`, with tokens to re-rank)."""
         if top_k < 1 or rerank < 0:
             raise UsageError(f"--top-k must be >= 1 and --rerank >= 0 (got {top_k}, {rerank})")
@@ -138,7 +140,11 @@ class Retriever:
         if rerank:
             assert features.tokens is not None, "re-ranking needs the queries' fusion tokens"
             hit_lists = self._rerank(hit_lists, features.tokens, features.mask, rerank)
-        self.timings = {"encode": self.timings.get("encode", 0.0), "search": t2 - t1, "rerank": time.perf_counter() - t2}
+        self.timings = {
+            "encode": self.timings.get("encode", 0.0),
+            "search": t2 - t1,
+            "rerank": time.perf_counter() - t2,
+        }
         return [hits[:top_k] for hits in hit_lists]
 
     def _rerank(
@@ -222,7 +228,11 @@ class Retriever:
             raise UsageError(f"--top-k must be >= 1 (got {top_k})")
         t1 = time.perf_counter()
         scores, ids = self.vectors.search(itc.float().cpu().numpy(), top_k)
-        self.timings = {"encode": self.timings.get("encode", 0.0), "search": time.perf_counter() - t1, "rerank": 0.0}
+        self.timings = {
+            "encode": self.timings.get("encode", 0.0),
+            "search": time.perf_counter() - t1,
+            "rerank": 0.0,
+        }
         return [self._hits(scores[q], ids[q]) for q in range(len(scores))]
 
     def write_grid(self, hits: list[Hit], out: Path, title: str, tile: int = 192) -> Path:

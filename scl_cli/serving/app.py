@@ -102,6 +102,7 @@ class _TooLarge(Exception):
 
 def create_app(service: Service) -> BodyLimit:
     """The FastAPI application of `service` (routes: module docstring)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -124,7 +125,12 @@ def create_app(service: Service) -> BodyLimit:
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error(422, f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg", "invalid request"))
+        return error(
+            422,
+            f"{where}: {first.get('msg', 'invalid request')}"
+            if where
+            else first.get("msg", "invalid request"),
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, err: HTTPException) -> JSONResponse:
@@ -146,13 +152,17 @@ def create_app(service: Service) -> BodyLimit:
             raise ApiError(422, "the body must be a JSON object")
         return data
 
-    async def uploads(request: Request, field: str = "image") -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    async def uploads(
+        request: Request, field: str = "image"
+    ) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
         """Files of a multipart form (fields `image` / `images`) or a raw image body, and the other
         form fields."""
         kind = request.headers.get("content-type", "")
         if kind.startswith("multipart/form-data"):
             try:
-                form = await request.form(max_files=service.limits.max_texts, max_part_size=service.limits.max_upload_bytes)
+                form = await request.form(
+                    max_files=service.limits.max_texts, max_part_size=service.limits.max_upload_bytes
+                )
             except HTTPException:
                 raise
             except Exception as err:  # noqa: BLE001 - malformed multipart bodies raise many types
@@ -168,7 +178,9 @@ def create_app(service: Service) -> BodyLimit:
             subtype = kind.split("/")[-1].split(";")[0].strip()
             name = f"upload.{subtype}" if kind.startswith("video/") else ""
             return [(name, await request.body())], dict(request.query_params)
-        raise ApiError(415, f"send the {field} as multipart/form-data (field '{field}') or as a raw image body")
+        raise ApiError(
+            415, f"send the {field} as multipart/form-data (field '{field}') or as a raw image body"
+        )
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -188,7 +200,10 @@ def create_app(service: Service) -> BodyLimit:
             raise ApiError(413, f"{len(texts)} texts; at most {service.limits.max_texts} per request")
         checked = [service.text(t, f"texts[{i}]") for i, t in enumerate(texts)]
         features = await asyncio.gather(*(service.texts.submit(t) for t in checked))
-        return {"embeddings": [f.itc[0].tolist() for f in features], "dim": service.model.model_config.itc_dim}
+        return {
+            "embeddings": [f.itc[0].tolist() for f in features],
+            "dim": service.model.model_config.itc_dim,
+        }
 
     @app.post("/embed/image")
     async def embed_image(request: Request) -> dict[str, Any]:
@@ -211,7 +226,9 @@ def create_app(service: Service) -> BodyLimit:
         return text, hits, {"encode": t1 - t0, "search_and_rerank": time.perf_counter() - t1}
 
     @app.get("/search")
-    async def search_get(q: str = "", top_k: int | None = None, rerank: int | None = None, format: str = "json") -> Any:
+    async def search_get(
+        q: str = "", top_k: int | None = None, rerank: int | None = None, format: str = "json"
+    ) -> Any:
         text, hits, seconds = await text_search(q, top_k, rerank)
         if format == "png":
             png = await service.in_model_thread(service.sheet_png, hits, f"text->image: {text}")
@@ -229,7 +246,9 @@ def create_app(service: Service) -> BodyLimit:
                     "hits": [service.hit_json(h) for h in hits], "seconds": {k: round(v, 4) for k, v in seconds.items()}}  # fmt: skip
         files, fields = await uploads(request)
         if not files and fields.get("query"):
-            text, hits, seconds = await text_search(fields.get("query"), fields.get("top_k"), fields.get("rerank"))
+            text, hits, seconds = await text_search(
+                fields.get("query"), fields.get("top_k"), fields.get("rerank")
+            )
             return {"query": text, "mode": "text->image", "hits": [service.hit_json(h) for h in hits]}
         if len(files) != 1:
             raise ApiError(422, f"send one image to search with (got {len(files)})")

@@ -27,7 +27,9 @@ from scl_cli.serving.batching import ApiError, MicroBatcher, ServeLimits
 class Service:
     """The model, the index (optional) and a batcher per kind of work."""
 
-    def __init__(self, model: SCL, retriever: Retriever | None = None, limits: ServeLimits | None = None) -> None:
+    def __init__(
+        self, model: SCL, retriever: Retriever | None = None, limits: ServeLimits | None = None
+    ) -> None:
         self.model, self.retriever = model, retriever
         self.limits = limits or ServeLimits()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scl-model")
@@ -41,7 +43,9 @@ class Service:
     def _encode_texts(self, texts: list[str]) -> list[TextFeatures]:
         f = self.model.text_features(texts)
         assert f.tokens is not None
-        return [TextFeatures(f.itc[i : i + 1], f.tokens[i : i + 1], f.mask[i : i + 1]) for i in range(len(texts))]
+        return [
+            TextFeatures(f.itc[i : i + 1], f.tokens[i : i + 1], f.mask[i : i + 1]) for i in range(len(texts))
+        ]
 
     def _encode_images(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(pixels)
@@ -62,7 +66,10 @@ class Service:
         out = []
         for row, (_, question, k) in zip(probs, items, strict=True):
             values, index = row.topk(max(1, min(k, len(self.model.answers))))
-            top = [[self.model.answers[i], round(float(v), 6)] for v, i in zip(values.tolist(), index.tolist(), strict=True)]
+            top = [
+                [self.model.answers[i], round(float(v), 6)]
+                for v, i in zip(values.tolist(), index.tolist(), strict=True)
+            ]
             out.append({"question": question, "answer": top[0][0], "score": top[0][1], "top": top})
         return out
 
@@ -102,7 +109,9 @@ class Service:
         frames = self.retriever.frames if self.retriever is not None else self.model.video_frames
         ext = Path(name).suffix.lstrip(".").lower()
         try:
-            return await run_in_threadpool(decode_media, data, ext if len(ext) <= 5 else "", self.model.transform, frames)
+            return await run_in_threadpool(
+                decode_media, data, ext if len(ext) <= 5 else "", self.model.transform, frames
+            )
         except MediaError as err:
             raise ApiError(400, f"{name or 'upload'}: {err} (not an image or video scl can decode)") from None
 
@@ -121,7 +130,10 @@ class Service:
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "limits": asdict(self.limits),
-            "batches": {b.name: {"batches": b.batches, "items": b.items} for b in (self.texts, self.images, self.questions)},
+            "batches": {
+                b.name: {"batches": b.batches, "items": b.items}
+                for b in (self.texts, self.images, self.questions)
+            },
             "uptime_s": round(time.time() - self.started, 1),
         }
 

@@ -84,10 +84,14 @@ def reproduction_record(recipe: Recipe, runtime: Runtime, datasets: list[str], g
         "recipe_sha256": recipe_fingerprint(recipe),
         "data": data,
         "topology": {
-            "world_size": runtime.world_size, "nodes": topo.nodes, "devices_per_node": topo.devices_per_node,
-            "strategy": topo.strategy, "precision": runtime.precision,
+            "world_size": runtime.world_size,
+            "nodes": topo.nodes,
+            "devices_per_node": topo.devices_per_node,
+            "strategy": topo.strategy,
+            "precision": runtime.precision,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-            "cuda": torch.version.cuda, "compile": topo.compile,
+            "cuda": torch.version.cuda,
+            "compile": topo.compile,
             "activation_checkpointing": topo.activation_checkpointing,
         },  # fmt: skip
         "machine": machine(),

@@ -50,7 +50,12 @@ class InTrainingEval:
         resuming: bool,
     ) -> None:
         self.cfg, self.model, self.tokenizer, self.rt = cfg, model, tokenizer, runtime
-        self.run_dir, self.data_root, self.dataset, self.frames = Path(run_dir), Path(data_root), dataset, frames
+        self.run_dir, self.data_root, self.dataset, self.frames = (
+            Path(run_dir),
+            Path(data_root),
+            dataset,
+            frames,
+        )
         self.config, self.extra_files, self.metrics, self.reporter = config, extra_files, metrics, reporter
         self.probe_set: ProbeSet | None = None
         self.best: float | None = self._saved_best() if resuming else None
@@ -85,12 +90,16 @@ class InTrainingEval:
             model.train(was_training)
         if self.cfg.best:
             if self.cfg.best not in values:
-                raise UsageError(f"eval.best {self.cfg.best!r} is not an evaluation metric ({', '.join(values)})")
+                raise UsageError(
+                    f"eval.best {self.cfg.best!r} is not an evaluation metric ({', '.join(values)})"
+                )
             value = values[self.cfg.best]
             if self.best is None or value > self.best:
                 self.best = value
                 record = {**self.config, "step": step, "best": {"metric": self.cfg.best, "value": value}}
-                write_checkpoint_dir(self.run_dir / BEST_DIR, step, model, record, extra_files=self.extra_files)
+                write_checkpoint_dir(
+                    self.run_dir / BEST_DIR, step, model, record, extra_files=self.extra_files
+                )
         return values
 
     @torch.no_grad()

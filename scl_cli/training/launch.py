@@ -191,7 +191,9 @@ def _signal_args() -> list[str]:
 
 def per_node_commands(plan: LaunchPlan, cli_args: list[str]) -> list[str]:
     """The shell command to start on each node, node 0 first (it hosts the rendezvous)."""
-    return [shlex.join(torchrun_command(plan, cli_args, rank, by_launcher=False)) for rank in range(plan.nnodes)]
+    return [
+        shlex.join(torchrun_command(plan, cli_args, rank, by_launcher=False)) for rank in range(plan.nnodes)
+    ]
 
 
 @dataclass
@@ -292,7 +294,9 @@ def launch_run(
     recipe is written to OUTPUT/launch-recipe.toml and passed, with `extra_args`)."""
     topo, data = recipe.topology, recipe.data
     # Caught here once, before any process starts, rather than by every rank.
-    check_train_data(data.root, datasets or data.train, split or data.split, topo.world_size, data.num_workers, group)
+    check_train_data(
+        data.root, datasets or data.train, split or data.split, topo.world_size, data.num_workers, group
+    )
     run_dir = Path(recipe.output.dir)
     plan = plan_launch(topo)
     control = Path(tempfile.mkdtemp(prefix="scl-node-"))
@@ -302,7 +306,13 @@ def launch_run(
             folder = run_dir if plan.node_rank in (0, None) else control
             folder.mkdir(parents=True, exist_ok=True)
             resolved = atomic_write_text(folder / "launch-recipe.toml", recipe_to_toml(recipe))
-            launch_args = [command, str(resolved), *(extra_args or []), *(["--resume"] if resume else []), "--plain"]
+            launch_args = [
+                command,
+                str(resolved),
+                *(extra_args or []),
+                *(["--resume"] if resume else []),
+                "--plain",
+            ]
         return _launch(plan, topo, launch_args, run_dir, control, reporter)
     finally:
         shutil.rmtree(control, ignore_errors=True)
@@ -337,7 +347,9 @@ def _launch(plan: LaunchPlan, topo: TopologyConfig, launch_args: list[str], run_
         raise
     stopped = outcome.stop_requested or outcome.stopped_ranks > 0  # SIGTERM here, or to the ranks directly
     if plan.node_rank != 0:
-        reporter.info(f"node {plan.node_rank} of {plan.nnodes}: done (node 0 writes the checkpoints and metrics)")
+        reporter.info(
+            f"node {plan.node_rank} of {plan.nnodes}: done (node 0 writes the checkpoints and metrics)"
+        )
         return TrainResult(run_dir, 0, stopped_by_signal=stopped)
     result = result_from_run(run_dir)
     result.stopped_by_signal = stopped

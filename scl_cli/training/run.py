@@ -104,7 +104,9 @@ def run_training(
     if frozen:
         reporter.info(f"not trained by this recipe's objectives (frozen): {', '.join(frozen)}")
     if recipe.optim.micro_batch_size == "auto":
-        probe = cuda_probe(step_module, model, recipe, runtime, frames) if runtime.device.type == "cuda" else None
+        probe = (
+            cuda_probe(step_module, model, recipe, runtime, frames) if runtime.device.type == "cuda" else None
+        )
         resolve_micro_batch(recipe, runtime, run_dir, probe, frames, reporter)
     config = {**config, "reproduction": reproduction_record(recipe, runtime, datasets, group)}
     wrapped, state_io = wrap_data_parallel(step_module, model, recipe.topology, runtime)
@@ -212,7 +214,11 @@ def _evaluator(
     if ":" not in dataset and group != "splits":
         dataset = f"{dataset}:{group}"
     name, eval_group = parse_source(dataset)
-    frames = recipe.data.num_frames if "video" in source_media(recipe.data.root, [name], cfg.split, eval_group) else 1
+    frames = (
+        recipe.data.num_frames
+        if "video" in source_media(recipe.data.root, [name], cfg.split, eval_group)
+        else 1
+    )
     return InTrainingEval(cfg, model, tokenizer, runtime, run_dir, recipe.data.root, dataset, frames, config, files,
                           metrics, reporter, resuming)  # fmt: skip
 
@@ -239,7 +245,11 @@ def _lost_contact(err: RuntimeError, runtime: Runtime, run_dir: Path) -> Trainin
     if newest is not None:
         resume = f"the newest checkpoint is {newest.name}"
     else:
-        resume = "rank 0 writes the checkpoints (output.dir on node 0)" if runtime.rank else "no checkpoint was written yet"
+        resume = (
+            "rank 0 writes the checkpoints (output.dir on node 0)"
+            if runtime.rank
+            else "no checkpoint was written yet"
+        )
     return TrainingError(
         f"rank {runtime.rank} of {runtime.world_size}: lost contact with the other processes of the run — a node "
         f"or process stopped, or the network failed ({first}); {resume}: start every node again with --resume"

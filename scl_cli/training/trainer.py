@@ -331,11 +331,13 @@ class Trainer:
             window = dict(zip(keys, stacked.unbind(), strict=True))
         flags = self.guard.pending()
         host = torch.stack([window[k] for k in keys] + [f.float() for f in flags]).tolist()
-        self.guard.absorb(host[len(keys):])
+        self.guard.absorb(host[len(keys) :])
         sums = dict(zip(keys, host[: len(keys)], strict=True))
         skipped = round(sums.pop("skipped_steps", 0.0))
         good = steps - skipped
-        values = {("loss" if k == "total" else k): (v / good if good else float("nan")) for k, v in sums.items()}
+        values = {
+            ("loss" if k == "total" else k): (v / good if good else float("nan")) for k, v in sums.items()
+        }
         if self.guard.skipped:  # from the first skipped step on (a quiet log until then)
             values["skipped_steps"] = float(skipped)
             values.update(self.guard.metrics())

@@ -47,7 +47,15 @@ def assert_same(a: list[dict], b: list[dict]) -> None:
 
 def test_batch_layout(tiny_root: Path, tokenizer: TextTokenizer) -> None:
     (batch,) = batches(tiny_root, tokenizer, 1)
-    assert set(batch) == {"images", "text_ids", "text_mask", "index", "skipped", "skipped_by_source", "read_retries"}
+    assert set(batch) == {
+        "images",
+        "text_ids",
+        "text_mask",
+        "index",
+        "skipped",
+        "skipped_by_source",
+        "read_retries",
+    }
     assert batch["skipped"].sum() == 0 and batch["skipped_by_source"].tolist() == [0]  # nothing undecodable
     # uint8 pixels: a quarter of float32's bytes through the worker queue and the device copy
     assert batch["images"].shape == (BATCH, 1, 3, SIZE, SIZE) and batch["images"].dtype == torch.uint8

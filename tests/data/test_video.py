@@ -71,12 +71,16 @@ def test_decode_clip_takes_the_segment_frames_and_one_crop_for_all() -> None:
     clip = decode_clip(data, 4, ImageTransform(16, augment=False))
     assert clip.shape == (4, 3, 16, 16) and clip.dtype == torch.uint8
     levels = clip.float().mean(dim=(1, 2, 3)) / 20
-    assert torch.allclose(levels, torch.tensor([1.0, 3.0, 4.0, 6.0]), atol=0.2)  # the frames segment_frames names
+    assert torch.allclose(
+        levels, torch.tensor([1.0, 3.0, 4.0, 6.0]), atol=0.2
+    )  # the frames segment_frames names
 
     # A training crop is one box for every frame: the same pixels of a still scene in every frame.
     still = generate_clip(0, "train", 0, 64)[0]
     for seed in range(3):
-        frames = decode_clip(still, 4, ImageTransform(32, augment=True, crop_min_scale=0.3), random.Random(seed))
+        frames = decode_clip(
+            still, 4, ImageTransform(32, augment=True, crop_min_scale=0.3), random.Random(seed)
+        )
         background = frames[:, :, :2, :2].float()  # a corner the mover never reaches in every frame
         assert frames.shape == (4, 3, 32, 32)
         assert (background - background[0]).abs().max() <= 3

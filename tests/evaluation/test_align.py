@@ -49,11 +49,17 @@ def test_attention_planted_on_the_box_scores_one_and_uniform_scores_the_area_sha
     scores = AlignScores()
     score_image(scores, planted, pieces, piece_maps, regions, h, w)
     got = scores.means()
-    assert got["global_box"] == pytest.approx(1.0, abs=1e-6) and got["local_pixel"] == pytest.approx(1.0, abs=1e-6)
+    assert got["global_box"] == pytest.approx(1.0, abs=1e-6) and got["local_pixel"] == pytest.approx(
+        1.0, abs=1e-6
+    )
     uniform = AlignScores()
     score_image(uniform, np.ones((G, G)), pieces, np.ones((5, G, G)), regions, h, w)
     share = resize_mask(np.pad(np.ones((32, 32)), ((0, 32), (0, 32))), G).sum() / G**2
-    assert uniform.means()["global_box"] == pytest.approx(share) == pytest.approx(uniform.means()["baseline_global_box"])
+    assert (
+        uniform.means()["global_box"]
+        == pytest.approx(share)
+        == pytest.approx(uniform.means()["baseline_global_box"])
+    )
     assert share == pytest.approx(0.25, abs=0.02)
 
 
@@ -64,7 +70,9 @@ def test_global_scores_skip_background_boxes_local_ones_do_not():
     att = np.zeros((G, G))
     att[5:7, 5:7] = 1.0  # inside `small` only
     scores = AlignScores()
-    score_image(scores, att, ["Ġsky", "Ġdog"], np.stack([att, att]), {"sky": [background], "dog": [small]}, h, w)
+    score_image(
+        scores, att, ["Ġsky", "Ġdog"], np.stack([att, att]), {"sky": [background], "dog": [small]}, h, w
+    )
     assert scores.global_box[0] == pytest.approx(1.0, abs=1e-6)  # background ignored: mass all in `small`
     assert scores.local_box[0] == pytest.approx(1.0, abs=1e-6)  # sky's box covers the attended cells too
 

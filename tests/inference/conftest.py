@@ -60,7 +60,10 @@ def official_with_heads() -> dict[str, torch.Tensor]:
 
     mlp("vqa_classifier", 2 * w, 2 * w, len(ANSWERS))
     mlp("nlvr2_classifier", 4 * w, 2 * w, 2)
-    state["rank_output.weight"], state["rank_output.bias"] = torch.randn(1, 2 * w, generator=gen), torch.zeros(1)
+    state["rank_output.weight"], state["rank_output.bias"] = (
+        torch.randn(1, 2 * w, generator=gen),
+        torch.zeros(1),
+    )
     types = state["token_type_embeddings.weight"]
     state["token_type_embeddings.weight"] = torch.cat([types, types[1:2]])  # NLVR2: a third row
     return state
@@ -76,7 +79,12 @@ def official_ckpt(tmp_path_factory) -> tuple[Path, Path]:
     torch.save({"state_dict": official_with_heads(), "global_step": 100}, ckpt)
     out = root / "converted"
     convert_official(ckpt, out)
-    texts = [f"a {c} {s} next to a {s2}" for c in ("red", "blue", "green") for s in ("circle", "square") for s2 in ("star", "cross")]
+    texts = [
+        f"a {c} {s} next to a {s2}"
+        for c in ("red", "blue", "green")
+        for s in ("circle", "square")
+        for s2 in ("star", "cross")
+    ]
     tokenizer = train_bpe_tokenizer(texts * 20, vocab_size=300)
     assert tokenizer.vocab_size <= 300
     tokenizer.save(root / "tokenizer.json")

@@ -47,7 +47,11 @@ def test_a_pretraining_run_embeds_scores_and_says_which_heads_it_lacks(tiny_run,
     assert out["score"].shape == (2,) and out["score"].dtype == torch.float32
     for name, label in (("answer", "VQA"), ("nlvr2", "NLVR2")):
         message = str(out[name])
-        assert isinstance(out[name], UsageError) and f"has no {label} head" in message and "scl finetune" in message
+        assert (
+            isinstance(out[name], UsageError)
+            and f"has no {label} head" in message
+            and "scl finetune" in message
+        )
         assert "\n" not in message and str(tiny_run) in message
 
 
@@ -62,7 +66,10 @@ def test_every_kind_of_image_input_gives_the_same_pixels(tiny_run, images):
     assert torch.allclose(embedded, embedded[:1].expand_as(embedded), atol=1e-6)
     assert torch.allclose(model.embed_images(path), embedded[:1], atol=1e-6)  # one image -> [1, E]
     clip = torch.stack([torch.from_numpy(array).permute(2, 0, 1)] * 3)  # [T, 3, H, W]: a clip of 3 frames
-    assert model.pixels([clip])[0].shape[0] == 3 and model.embed_images([clip]).shape == (1, embedded.shape[1])
+    assert model.pixels([clip])[0].shape[0] == 3 and model.embed_images([clip]).shape == (
+        1,
+        embedded.shape[1],
+    )
 
 
 def test_bad_inputs_are_one_line_errors(tiny_run, images, tmp_path):
@@ -93,7 +100,9 @@ def test_a_checkpoint_with_every_head_answers_and_judges(heads_ckpt, images):
     out = five_calls(model, images)
     answer = out["answer"]
     assert isinstance(answer, Answer) and answer.answer in ANSWERS and 0 < answer.score < 1
-    assert [a for a, _ in answer.top] == [answer.answer, *[a for a, _ in answer.top[1:]]] and len(answer.top) == 3
+    assert [a for a, _ in answer.top] == [answer.answer, *[a for a, _ in answer.top[1:]]] and len(
+        answer.top
+    ) == 3
     assert [p for _, p in answer.top] == sorted((p for _, p in answer.top), reverse=True)
     verdict = out["nlvr2"]
     assert isinstance(verdict, Verdict) and verdict.label == (verdict.probability > 0.5)
@@ -129,7 +138,9 @@ def test_a_checkpoint_without_the_heads_field_still_loads(heads_ckpt, tmp_path, 
     (old / "config.json").write_text(json.dumps(config))
     model = scl.load(old)
     assert model.heads == ["vqa", "nlvr2", "rank"] and model.answers == ANSWERS
-    assert model.answer(images["red"], "what colour?") == scl.load(heads_ckpt).answer(images["red"], "what colour?")
+    assert model.answer(images["red"], "what colour?") == scl.load(heads_ckpt).answer(
+        images["red"], "what colour?"
+    )
 
 
 def test_a_converted_published_checkpoint_answers_too(official_ckpt, images):

@@ -48,7 +48,9 @@ def test_a_hub_snapshot_loads_offline_by_its_id(heads_ckpt, images, tmp_path, mo
     with pytest.raises(CheckpointError) as err:
         scl.load("someone/not-cached")
     message = str(err.value)
-    assert "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message and "\n" not in message
+    assert (
+        "not in the Hugging Face cache" in message and "HF_HUB_OFFLINE=1" in message and "\n" not in message
+    )
 
 
 def test_offline_mode_and_cache_come_from_the_environment(heads_ckpt, tmp_path):
@@ -60,7 +62,9 @@ def test_offline_mode_and_cache_come_from_the_environment(heads_ckpt, tmp_path):
         print(model.heads, model.embed_texts(["a red circle"]).shape[1])
     """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['vqa', 'nlvr2', 'rank'] 64"
 
@@ -107,9 +111,16 @@ def test_scl_push_uploads_the_model_with_its_card(tiny_run, shapes_root, tmp_pat
 def test_scl_push_offline_or_to_a_bad_id_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(monkeypatch, capsys, "push", str(tiny_run), "someone/tiny-scl")
     error = err.strip().splitlines()[-1]
-    assert code == 1 and error.startswith("error:") and "cannot push while offline" in error and "Traceback" not in err
+    assert (
+        code == 1
+        and error.startswith("error:")
+        and "cannot push while offline" in error
+        and "Traceback" not in err
+    )
     code, _, err = run_cli(monkeypatch, capsys, "push", str(tiny_run), "not a repo id")
     assert code == 2 and "expected a Hub model id" in err
-    code, out, err = run_cli(monkeypatch, capsys, "push", str(tiny_run), "someone/tiny-scl", "--out", str(tmp_path / "f"))
+    code, out, err = run_cli(
+        monkeypatch, capsys, "push", str(tiny_run), "someone/tiny-scl", "--out", str(tmp_path / "f")
+    )
     assert code == 0 and "not uploaded" in out + err and (tmp_path / "f" / "README.md").is_file()
     assert scl.load(tmp_path / "f").embed_texts("a red circle").shape[0] == 1

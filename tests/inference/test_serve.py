@@ -34,7 +34,9 @@ def png(colour: str = "red", size: int = 40) -> bytes:
 
 @pytest.fixture(scope="module")
 def index(heads_ckpt, shapes_root, tmp_path_factory) -> Path:
-    return build_index(heads_ckpt, tmp_path_factory.mktemp("serve") / "index", data=shapes_root / "shapes", split="test").path
+    return build_index(
+        heads_ckpt, tmp_path_factory.mktemp("serve") / "index", data=shapes_root / "shapes", split="test"
+    ).path
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,11 @@ def test_search_vqa_embeddings_and_health(server, index):
     assert sheet.headers["content-type"] == "image/png" and Image.open(io.BytesIO(sheet.content)).width > 100
     assert server.get(hits[0]["url"]).headers["content-type"] == "image/jpeg"
     by_image = server.post("/search", files={"image": ("red.png", png(), "image/png")}, data={"top_k": "2"})
-    assert by_image.status_code == 200 and by_image.json()["mode"] == "image->image" and len(by_image.json()["hits"]) == 2
+    assert (
+        by_image.status_code == 200
+        and by_image.json()["mode"] == "image->image"
+        and len(by_image.json()["hits"]) == 2
+    )
 
     answer = server.post("/vqa", files={"image": ("red.png", png(), "image/png")},
                          data={"question": "what colour is the shape?", "top_k": "2"})  # fmt: skip
@@ -81,16 +87,28 @@ def test_fifty_concurrent_requests_all_complete(server):
             calls = []
             for i in range(50):
                 if i % 5 == 4:
-                    calls.append(client.post("/vqa", files={"image": ("x.png", png(), "image/png")}, data={"question": f"what {i}?"}))
+                    calls.append(
+                        client.post(
+                            "/vqa",
+                            files={"image": ("x.png", png(), "image/png")},
+                            data={"question": f"what {i}?"},
+                        )
+                    )
                 elif i % 5 == 3:
-                    calls.append(client.post("/embed/image", files={"image": ("x.png", png("green"), "image/png")}))
+                    calls.append(
+                        client.post("/embed/image", files={"image": ("x.png", png("green"), "image/png")})
+                    )
                 else:
-                    calls.append(client.post("/search", json={"query": f"a red circle number {i}", "top_k": 5}))
+                    calls.append(
+                        client.post("/search", json={"query": f"a red circle number {i}", "top_k": 5})
+                    )
             return await asyncio.gather(*calls)
 
     before = server.get("/health").json()["batches"]
     responses = asyncio.run(burst())
-    assert [r.status_code for r in responses] == [200] * 50, [r.text for r in responses if r.status_code != 200][:3]
+    assert [r.status_code for r in responses] == [200] * 50, [
+        r.text for r in responses if r.status_code != 200
+    ][:3]
     after = server.get("/health").json()["batches"]
     texts = after["text"]["items"] - before["text"]["items"]
     batches = after["text"]["batches"] - before["text"]["batches"]
@@ -114,7 +132,9 @@ def test_fifty_concurrent_requests_all_complete(server):
         ({"method": "GET", "url": "/media/999"}, 404, "no item 999"),
     ],
 )  # fmt: skip
-def test_malformed_input_is_a_4xx_with_a_message_and_the_server_keeps_serving(server, request_kwargs, status, message):
+def test_malformed_input_is_a_4xx_with_a_message_and_the_server_keeps_serving(
+    server, request_kwargs, status, message
+):
     response = server.request(**request_kwargs)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
@@ -124,7 +144,9 @@ def test_malformed_input_is_a_4xx_with_a_message_and_the_server_keeps_serving(se
 
 def test_a_model_without_the_head_says_so(tiny_run):
     with running(load_service(tiny_run, device="cpu")) as url:
-        answer = httpx.post(f"{url}/vqa", files={"image": ("x.png", png(), "image/png")}, data={"question": "why?"})
+        answer = httpx.post(
+            f"{url}/vqa", files={"image": ("x.png", png(), "image/png")}, data={"question": "why?"}
+        )
         assert answer.status_code == 400 and "has no VQA head" in answer.json()["error"]
         # no index made from these weights yet: /search says how to get one
         found = httpx.post(f"{url}/search", json={"query": "a red circle"})

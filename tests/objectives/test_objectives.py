@@ -30,7 +30,14 @@ class FakeContext:
         self.requests = {}
         self.outputs = {
             name: SimpleNamespace(text=r(B, L, D), image=r(B, S * frames, D))
-            for name in ("itm", "mlm", "scl_masked_image", "scl_masked_text", "scl_masktok_image", "itm_reversed")
+            for name in (
+                "itm",
+                "mlm",
+                "scl_masked_image",
+                "scl_masked_text",
+                "scl_masktok_image",
+                "itm_reversed",
+            )
         }
         self.text_ids = torch.randint(5, 20, (B, L), generator=g)
         picked = torch.zeros(B, L, dtype=torch.bool)
@@ -128,8 +135,13 @@ def test_itc_order_term_is_a_two_way_softmax_between_each_clip_and_its_reversal(
     t, v = ctx.itc()
     batch = float(F.cross_entropy(t @ torch.cat([v, backwards]).t() / 0.07, torch.arange(4)))
     batch += float(F.cross_entropy(v @ t.t() / 0.07, torch.arange(4)))
-    own, rev = [float(t[i] @ v[i]) / 0.07 for i in range(4)], [float(t[i] @ backwards[i]) / 0.07 for i in range(4)]
-    order = sum(-math.log(math.exp(a) / (math.exp(a) + math.exp(b))) for a, b in zip(own, rev, strict=True)) / 4
+    own, rev = (
+        [float(t[i] @ v[i]) / 0.07 for i in range(4)],
+        [float(t[i] @ backwards[i]) / 0.07 for i in range(4)],
+    )
+    order = (
+        sum(-math.log(math.exp(a) / (math.exp(a) + math.exp(b))) for a, b in zip(own, rev, strict=True)) / 4
+    )
     assert abs(float(out["order"]) - order) < 1e-9
     assert abs(float(out["loss"]) - (batch + 0.5 * order)) < 1e-9
     assert float(out["order/accuracy"]) == sum(a > b for a, b in zip(own, rev, strict=True)) / 4
@@ -177,7 +189,10 @@ def test_itm_order_term_compares_each_positive_pair_with_its_clip_played_backwar
     order = sum(-math.log(1 / (1 + math.exp(odds(back, i) - odds(logits, i)))) for i in own) / len(own)
     assert abs(float(out["order"]) - order) < 1e-9
     assert abs(float(out["loss"]) - (float(base) + 0.5 * order)) < 1e-9
-    assert abs(float(out["order/accuracy"]) - sum(odds(logits, i) > odds(back, i) for i in own) / len(own)) < 1e-6
+    assert (
+        abs(float(out["order/accuracy"]) - sum(odds(logits, i) > odds(back, i) for i in own) / len(own))
+        < 1e-6
+    )
     still = FakeContext(B=6, frames=1)
     itm.plan(still)
     assert "itm_reversed" not in still.requests and "order" not in itm.loss(still)
@@ -187,7 +202,10 @@ def test_itm_rank_term_is_a_softmax_over_each_captions_own_image_and_look_alikes
     torch.manual_seed(0)
     ctx = FakeContext(B=6)
     g = torch.Generator().manual_seed(1)
-    text_embeds, image_embeds = torch.randn(6, 4, 8, generator=g, dtype=torch.float64), torch.randn(6, 5, 8, generator=g, dtype=torch.float64)
+    text_embeds, image_embeds = (
+        torch.randn(6, 4, 8, generator=g, dtype=torch.float64),
+        torch.randn(6, 5, 8, generator=g, dtype=torch.float64),
+    )
     ctx.text_embeds, ctx.image_embeds = (lambda v: text_embeds), (lambda v: image_embeds)
     ctx.text_mask = torch.ones(6, 4, dtype=torch.long)
     ctx.text_ids[3] = ctx.text_ids[0]  # caption 3 is caption 0 word for word: never a look-alike of it
@@ -197,7 +215,10 @@ def test_itm_rank_term_is_a_softmax_over_each_captions_own_image_and_look_alikes
         seen.append((texts, images))
         return SimpleNamespace(text=texts, image=images)
 
-    ctx.model.fuse, ctx.model.pooled = fuse, lambda out, frames: torch.cat([out.text[:, 0], out.image[:, 0]], dim=1)
+    ctx.model.fuse, ctx.model.pooled = (
+        fuse,
+        lambda out, frames: torch.cat([out.text[:, 0], out.image[:, 0]], dim=1),
+    )
     itm = objective("itm", rank_weight=0.5, rank_captions=2, rank_images=3)
     itm.plan(ctx)
     out = itm.loss(ctx)

@@ -19,7 +19,9 @@ from ..conftest import RECIPES, tiny_overrides
 
 
 def run(shapes_root, out, steps=3, **sets):
-    overrides = tiny_overrides(shapes_root, out, steps=steps, **{"output.checkpoint_every": 100, **sets})[1::2]
+    overrides = tiny_overrides(shapes_root, out, steps=steps, **{"output.checkpoint_every": 100, **sets})[
+        1::2
+    ]
     return pretrain(load_recipe(RECIPES / "tiny.toml", overrides))
 
 
@@ -34,7 +36,9 @@ def test_probe_matches_a_plain_restatement(shapes_root, evaluated):
     loaded = load_model(evaluated)
     model = loaded.model.eval()
     vision, text = model.config.vision, model.config.text
-    probe_set = load_probe_set(shapes_root, "shapes", "val", 6, loaded.tokenizer, vision.image_size, text.max_len)
+    probe_set = load_probe_set(
+        shapes_root, "shapes", "val", 6, loaded.tokenizer, vision.image_size, text.max_len
+    )
     got = probe(model, probe_set, torch.device("cpu"), batch=4)
     with torch.no_grad():
         enc = model.encode_image(to_model_input(probe_set.pixels))
@@ -49,7 +53,9 @@ def test_probe_matches_a_plain_restatement(shapes_root, evaluated):
         right = 0
         for i in range(n):
             for j, label in ((i, 1), (int(probe_set.negatives[i]), 0)):
-                pooled = model.pooled(model.fuse(texts[j : j + 1], probe_set.mask[j : j + 1], images[i : i + 1]), 1)
+                pooled = model.pooled(
+                    model.fuse(texts[j : j + 1], probe_set.mask[j : j + 1], images[i : i + 1]), 1
+                )
                 right += int(model.itm_logits(pooled).argmax(1).item() == label)
     assert got["itm_acc"] == pytest.approx(right / (2 * n))
     assert all(int(probe_set.negatives[i]) != i for i in range(n))

@@ -24,9 +24,7 @@ def losses_and_grads(objectives: dict, checkpointing: bool = False, compile_back
     if compile_backend is not None:
         for layer in transformer_layers(model):
             layer.compile(backend=compile_backend)
-    step = TrainStep(
-        model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, seed=3
-    )
+    step = TrainStep(model, build_objectives(validate_objectives(objectives)), MaskingConfig(), SPEC, seed=3)
     torch.manual_seed(11)  # dropout draws; masks come from the step's own seed
     logs = step(make_batch())
     logs["total"].backward()

@@ -51,7 +51,9 @@ class MetricsLogger:
         self.sinks: list[MetricLogger] = []
         if enabled:
             self.sinks = [JsonlLogger(self.run_dir)]
-            self.sinks += [logger_factory(name)(self.run_dir) for name in dict.fromkeys(loggers) if name != "jsonl"]
+            self.sinks += [
+                logger_factory(name)(self.run_dir) for name in dict.fromkeys(loggers) if name != "jsonl"
+            ]
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         """Record `values` (floats or 0-d tensors) at `step`."""
