@@ -1,6 +1,7 @@
 """The best text-to-image R@1 any model can reach on the shapes captions.
 
     python benchmarks/retrieval_ceiling.py [--split val] [--images 1000] [--seed 0] [--json out.json]
+    python benchmarks/retrieval_ceiling.py --ckpt demo-run/tiny --data demo-run/data/shapes --split test
 
 A caption such as "a diamond." or "a small red star in the top left corner." is true of many
 images of a split, and retrieval counts only the image it was written for. A model that ranks
@@ -10,6 +11,11 @@ caption of the first `--images` images of the split (as `scl prepare shapes` dra
 shards are read), per caption kind and overall. The truth of a caption for another image is
 decided from the objects, not from the wording: the same multiset of objects in other cells
 makes the same first three captions.
+
+With `--ckpt` and `--data`, a checkpoint's zero-shot ITC retrieval on the same images (read from the
+prepared shards, whose seed then replaces `--seed`) is set beside the ceiling, per caption kind: its
+R@1, and how often its first image is one the caption is true of. The gap between the two says
+whether a kind is lost to the model or to the captions.
 """
 
 from __future__ import annotations
@@ -101,20 +107,84 @@ def ceiling(seed: int, split: str, images: int) -> dict:
     }  # fmt: skip
 
 
+def model_per_kind(ckpt: Path, dataset: Path, split: str, images: int) -> dict:
+    """Zero-shot ITC text-to-image retrieval of checkpoint `ckpt` on the first `images` images of
+    the prepared `split`, per caption kind: R@1 and the share whose first image the caption is true of."""
+    import json
+
+    import torch
+
+    from scl_cli.data.shapes import objects_from_json
+    from scl_cli.data.shards import iter_tar_samples, read_manifest
+    from scl_cli.inference import SCL
+
+    samples: list[tuple[bytes, dict]] = []
+    for shard in read_manifest(dataset)["splits"][split]["shards"]:
+        for sample in iter_tar_samples(dataset / shard["file"]):
+            samples.append((sample["jpg"], json.loads(sample["json"])))
+            if len(samples) == images:
+                break
+        if len(samples) == images:
+            break
+    scenes = [objects_from_json(record) for _, record in samples]
+    captions = [record["captions"] for _, record in samples]
+    if any(len(c) != len(KINDS) for c in captions):
+        raise SystemExit(f"error: {dataset}: {split} records do not hold the {len(KINDS)} shapes captions")
+    model = SCL.from_pretrained(str(ckpt), device="cpu")
+    with torch.inference_mode():
+        image_itc = torch.cat([
+            model.image_features(torch.stack([model.transform.from_bytes(j) for j, _ in samples[a : a + 64]])[:, None], with_tokens=False)[0]
+            for a in range(0, len(samples), 64)
+        ])  # fmt: skip
+        flat = [c for caps in captions for c in caps]
+        text_itc = torch.cat(
+            [model.text_features(flat[a : a + 256], with_tokens=False).itc for a in range(0, len(flat), 256)]
+        )
+    first = (text_itc @ image_itc.T).argmax(dim=1).view(len(samples), len(KINDS)).tolist()
+    truths = [_truths(objects) for objects in scenes]
+    per_kind: dict[str, dict[str, float]] = {}
+    for k, kind in enumerate(KINDS):
+        r1 = true = 0
+        for i, (objects, caps) in enumerate(zip(scenes, captions, strict=True)):
+            r1 += first[i][k] == i
+            true += _said(objects, caps[k], kind)(truths[first[i][k]])
+        per_kind[kind] = {"r1": 100 * r1 / len(samples), "first_true": 100 * true / len(samples)}
+    overall = sum(v["r1"] for v in per_kind.values()) / len(KINDS)
+    return {"checkpoint": str(ckpt), "images": len(samples), "t2i_r1": overall, "per_kind": per_kind}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", default="val", choices=("train", "val", "test"))
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--ckpt", type=Path, help="also this checkpoint's zero-shot ITC R@1 per kind (needs --data)"
+    )
+    parser.add_argument("--data", type=Path, help="the prepared shapes folder the checkpoint is measured on")
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images {args.images}: need at least 1")
+    if (args.ckpt is None) != (args.data is None):
+        parser.error("--ckpt and --data go together")
+    if args.data is not None:
+        from scl_cli.data.shards import read_manifest
+
+        args.seed = int(read_manifest(args.data)["seed"])
     result = ceiling(args.seed, args.split, args.images)
     print(f"text-to-image R@1 ceiling on {args.split}[:{args.images}] ({result['captions']} captions): "
           f"{result['t2i_r1_ceiling']:.1f}")  # fmt: skip
+    if args.ckpt is not None:
+        result["model"] = model_per_kind(args.ckpt, args.data, args.split, args.images)
+        print(f"{args.ckpt} zero-shot ITC R@1: {result['model']['t2i_r1']:.1f}")
+        print(f"  {'kind':18s} {'ceiling':>7s} {'R@1':>6s} {'first image true':>17s}")
     for kind, value in result["per_kind"].items():
-        print(f"  {kind:18s} {value:5.1f}")
+        if args.ckpt is None:
+            print(f"  {kind:18s} {value:5.1f}")
+        else:
+            m = result["model"]["per_kind"][kind]
+            print(f"  {kind:18s} {value:7.1f} {m['r1']:6.1f} {m['first_true']:17.1f}")
     if args.json:
         atomic_write_json(args.json, result)
     return 0
