@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is not None:
         from scl_cli.data.shards import read_manifest
 
-        args.seed = int(read_manifest(args.data)["seed"])
+        manifest = read_manifest(
+            args.data
+        )  # the shards' own seed and size, so both halves see the same images
+        args.seed = int(manifest["seed"])
+        args.images = min(args.images, int(manifest["splits"][args.split]["samples"]))
     result = ceiling(args.seed, args.split, args.images)
     print(f"text-to-image R@1 ceiling on {args.split}[:{args.images}] ({result['captions']} captions): "
           f"{result['t2i_r1_ceiling']:.1f}")  # fmt: skip
