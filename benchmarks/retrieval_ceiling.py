@@ -110,22 +110,16 @@ def ceiling(seed: int, split: str, images: int) -> dict:
 def model_per_kind(ckpt: Path, dataset: Path, split: str, images: int) -> dict:
     """Zero-shot ITC text-to-image retrieval of checkpoint `ckpt` on the first `images` images of
     the prepared `split`, per caption kind: R@1 and the share whose first image the caption is true of."""
-    import json
+    from itertools import islice
 
     import torch
 
     from scl_cli.data.shapes import objects_from_json
-    from scl_cli.data.shards import iter_tar_samples, read_manifest
+    from scl_cli.data.task_batches import image_bytes, iter_split, sample_json
     from scl_cli.inference import SCL
 
-    samples: list[tuple[bytes, dict]] = []
-    for shard in read_manifest(dataset)["splits"][split]["shards"]:
-        for sample in iter_tar_samples(dataset / shard["file"]):
-            samples.append((sample["jpg"], json.loads(sample["json"])))
-            if len(samples) == images:
-                break
-        if len(samples) == images:
-            break
+    raw = islice(iter_split(dataset.parent, dataset.name, split), images)
+    samples = [(image_bytes(sample), sample_json(sample)) for sample in raw]
     scenes = [objects_from_json(record) for _, record in samples]
     captions = [record["captions"] for _, record in samples]
     if any(len(c) != len(KINDS) for c in captions):

@@ -3,24 +3,16 @@ accounting it reports holds together, on the tiny recipe, in seconds."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from scl_cli.config import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def plan():
-    spec = importlib.util.spec_from_file_location("memory_plan", ROOT / "benchmarks" / "memory_plan.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_plan"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("memory_plan")
 
 
 def tiny(*extra: str):

@@ -5,20 +5,19 @@ with SCL_REFERENCE pointing at a checkout of IIGROUP/SCL, also a CPU run of the 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from scl_cli.engines.bench_pretrain import BenchReport
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, load_benchmark
+
 SCRIPT = ROOT / "benchmarks" / "reference_step.py"
 
 
@@ -29,10 +28,7 @@ def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("reference_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("reference_step")
 
 
 def assert_one_line(stderr: str, *fragments: str) -> None:

@@ -3,23 +3,11 @@ alone is always found, and more images lower the ceiling."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "retrieval_ceiling", ROOT / "benchmarks" / "retrieval_ceiling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_benchmark
 
 
 def test_ceiling_is_one_image_alone_and_falls_with_more_images() -> None:
-    ceiling = _module().ceiling
+    ceiling = load_benchmark("retrieval_ceiling").ceiling
     assert ceiling(0, "val", 1)["t2i_r1_ceiling"] == 100.0
     many = ceiling(0, "val", 120)  # raises if a caption is read as false of its own image
     assert 0 < many["t2i_r1_ceiling"] < 100 and many["captions"] == 600

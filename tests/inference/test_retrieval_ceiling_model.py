@@ -3,36 +3,22 @@ beside the ceiling, agrees with retrieval by the public embedding API."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-from scl_cli.data.shards import iter_tar_samples, read_manifest
+from scl_cli.data.task_batches import iter_split
 from scl_cli.inference import SCL
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location(
-        "retrieval_ceiling", ROOT / "benchmarks" / "retrieval_ceiling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from ..conftest import load_benchmark
 
 
 def test_model_r1_per_kind_is_retrieval_by_the_embedding_api(tiny_run, shapes_root) -> None:
-    ceiling = _module()
+    ceiling = load_benchmark("retrieval_ceiling")
     dataset, n = shapes_root / "shapes", 6
     result = ceiling.model_per_kind(tiny_run, dataset, "val", n)
 
-    records = []
-    for shard in read_manifest(dataset)["splits"]["val"]["shards"]:
-        records += [(s["jpg"], json.loads(s["json"])) for s in iter_tar_samples(dataset / shard["file"])]
-    records = records[:n]
+    records = [(s["jpg"], json.loads(s["json"])) for s in iter_split(shapes_root, "shapes", "val")][:n]
     model = SCL.from_pretrained(tiny_run, device="cpu")
     # the same batches as the script (CPU rounding depends on the batch), so argmax ties agree too
     images = model.embed_images([jpg for jpg, _ in records], batch_size=64)
