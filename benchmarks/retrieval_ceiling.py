@@ -37,6 +37,7 @@ from scl_cli.data.shapes import (  # the captions' own wording, so the phrases m
     sample_scene,
     scene_rng,
 )
+from scl_cli.errors import SclError
 from scl_cli.io.atomic import atomic_write_json
 
 KINDS = ("full", "count_and_plain", "shapes_only", "relation_or_only", "place")
@@ -162,12 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images {args.images}: need at least 1")
     if (args.ckpt is None) != (args.data is None):
         parser.error("--ckpt and --data go together")
+    try:
+        return report(args)
+    except SclError as err:  # a missing folder or checkpoint: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def report(args: argparse.Namespace) -> int:
     if args.data is not None:
         from scl_cli.data.shards import read_manifest
 
-        manifest = read_manifest(
-            args.data
-        )  # the shards' own seed and size, so both halves see the same images
+        # the shards' own seed and size, so that the ceiling and the model see the same images
+        manifest = read_manifest(args.data)
         args.seed = int(manifest["seed"])
         args.images = min(args.images, int(manifest["splits"][args.split]["samples"]))
     result = ceiling(args.seed, args.split, args.images)
