@@ -112,17 +112,21 @@ def _image_bytes(sample: dict[str, Any]) -> bytes:
 
 class CaptionBatch:
     """The pre-training batch: each sample's pixels and one of its captions, drawn by its generator.
-    Keys: `images` uint8 [B, T, 3, S, S], `text_ids`/`text_mask` [B, L], `index` [B]."""
+    Keys: `images` uint8 [B, T, 3, S, S], `text_ids`/`text_mask` [B, L], `index` [B]. L is `max_len`,
+    or with `pad_to_multiple` N > 0 the batch's longest caption rounded up to a multiple of N (at
+    most `max_len`): the columns cut are padding in every row."""
 
     def __init__(
-        self, tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int
-    ) -> None:
+        self, tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int,
+        pad_to_multiple: int = 0,
+    ) -> None:  # fmt: skip
         self.tokenizer, self.transform, self.max_len, self.num_frames = (
             tokenizer,
             transform,
             max_len,
             num_frames,
         )
+        self.pad_to_multiple = pad_to_multiple
 
     def prepare(self, item: Item) -> tuple[str, torch.Tensor, int, str]:
         sample, index, rng = item
@@ -131,7 +135,9 @@ class CaptionBatch:
 
     def combine(self, prepared: list[tuple[str, torch.Tensor, int, str]]) -> dict[str, torch.Tensor]:
         captions, pixels, indices, names = zip(*prepared, strict=True)
-        text_ids, text_mask = self.tokenizer.encode(list(captions), self.max_len)
+        text_ids, text_mask = trim_padding(
+            *self.tokenizer.encode(list(captions), self.max_len), self.pad_to_multiple
+        )
         if len({p.shape[0] for p in pixels}) > 1:
             raise DataError(f"{names[0]}: a batch mixes images and clips — give each data set "
                             "its media in the manifest ('media')")  # fmt: skip
@@ -147,7 +153,18 @@ class CaptionBatch:
 
 
 def caption_batch(
-    items: list[Item], tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int
-) -> dict[str, torch.Tensor]:
+    items: list[Item], tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int,
+    pad_to_multiple: int = 0,
+) -> dict[str, torch.Tensor]:  # fmt: skip
     """The pre-training batch of `items` (see `CaptionBatch`)."""
-    return CaptionBatch(tokenizer, transform, max_len, num_frames)(items)
+    return CaptionBatch(tokenizer, transform, max_len, num_frames, pad_to_multiple)(items)
+
+
+def trim_padding(ids: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`ids`, `mask` [B, L] cut to the longest row's length rounded up to a multiple of `multiple`
+    (0: unchanged). Only columns that are padding in every row go."""
+    if multiple <= 0 or ids.shape[1] == 0:
+        return ids, mask
+    longest = int(mask.sum(dim=1).max()) if mask.shape[0] else 0
+    width = min(ids.shape[1], max(multiple, -(-longest // multiple) * multiple))
+    return ids[:, :width].contiguous(), mask[:, :width].contiguous()

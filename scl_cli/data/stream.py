@@ -77,8 +77,10 @@ class TrainStream(IterableDataset):
         num_frames: int = 4,
         start_skipped: list[list[int]] | None = None,
         reading: ShardReading | None = None,
+        pad_to_multiple: int = 0,
     ) -> None:
         self.sources, self.tokenizer, self.transform = sources, tokenizer, transform
+        self.pad_to_multiple = pad_to_multiple
         self.reading = reading
         self.num_frames = num_frames
         total = float(sum(weights))
@@ -114,7 +116,9 @@ class TrainStream(IterableDataset):
 
     def _batcher(self) -> Batcher | None:
         if self.collate is None:
-            return CaptionBatch(self.tokenizer, self.transform, self.max_len, self.num_frames)
+            return CaptionBatch(
+                self.tokenizer, self.transform, self.max_len, self.num_frames, self.pad_to_multiple
+            )
         if hasattr(self.collate, "prepare") and hasattr(self.collate, "combine"):
             return self.collate
         return None
@@ -245,6 +249,7 @@ def build_train_loader(
     num_frames: int = 4,
     start_skipped: list[list[int]] | None = None,
     reading: ShardReading | None = None,
+    pad_to_multiple: int = 0,
 ) -> DataLoader:
     """Endless batches of this rank (see `TrainStream` for the keys and shapes).
 
@@ -271,7 +276,7 @@ def build_train_loader(
     stream = TrainStream(
         sources, list(weights), tokenizer, ImageTransform(image_size, augment, crop_min_scale),
         max_len, batch_size, seed, rank, world_size, num_workers, shuffle_buffer, start_batch, collate,
-        num_frames, start_skipped, reading,
+        num_frames, start_skipped, reading, pad_to_multiple,
     )  # fmt: skip
     check_slots(sources, world_size, num_workers, split, data_root)
     if num_workers > 0:

@@ -109,7 +109,7 @@ def _loader_batches(recipe: Recipe, tokenizer, batch: int, runtime: Runtime):
         tokenizer=tokenizer, image_size=recipe.model.vision.image_size, max_len=recipe.model.text.max_len,
         batch_size=batch, seed=recipe.optim.seed, num_workers=data.num_workers,
         shuffle_buffer=data.shuffle_buffer, augment=data.augment, crop_min_scale=data.crop_min_scale,
-        pin_memory=runtime.device.type == "cuda",
+        pin_memory=runtime.device.type == "cuda", pad_to_multiple=data.pad_to_multiple,
     )  # fmt: skip
     return iter(loader)
 

@@ -113,13 +113,20 @@ class StepContext:
             )
         return self._masks["masktok"]  # type: ignore[return-value]
 
+    def text_noise(self, *shape: int, stream: str) -> torch.Tensor:
+        """U[0, 1) [B, L, *shape] for a text mask, drawn at the model's full caption width and cut to
+        the batch's: a batch padded only to its longest caption (`data.pad_to_multiple`) gets the
+        masks it would have got padded to max_len."""
+        full = max(self.model.config.text.max_len, self.text_ids.shape[1])
+        return self.random.uniform(full, *shape, stream=stream)[:, : self.text_ids.shape[1]]
+
     @property
     def mlm_mask(self) -> M.TextMask:
         if "mlm" not in self._masks:
             m = self.masking
             self._masks["mlm"] = M.mask_words_for_mlm(
                 self.text_ids, self.text_mask, self.spec, m.mlm_prob, m.mlm_whole_word,
-                m.mlm_mask_share, m.mlm_random_share, noise=self.random.uniform(self.text_ids.shape[1], 3, stream="mlm"),
+                m.mlm_mask_share, m.mlm_random_share, noise=self.text_noise(3, stream="mlm"),
                 selection=m.mlm_selection,
             )  # fmt: skip
         return self._masks["mlm"]  # type: ignore[return-value]
@@ -132,7 +139,7 @@ class StepContext:
                 self.text_mask,
                 self.spec,
                 self.masking.scl_text_mask,
-                noise=self.random.uniform(self.text_ids.shape[1], stream="scl"),
+                noise=self.text_noise(stream="scl"),
                 with_replacement=self.masking.scl_text_sampling == "with_replacement",
             )
         return self._masks["scl"]  # type: ignore[return-value]

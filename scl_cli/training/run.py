@@ -148,6 +148,7 @@ def run_training(
             num_frames=recipe.data.num_frames,
             start_skipped=(skips or {}).get("extra"),
             reading=reading,
+            pad_to_multiple=recipe.data.pad_to_multiple,
         )
         loaders.append(SkipCounter(iter(loader), recipe.data.num_workers, datasets, recipe.micro_batch(),
                                    at.micro_batches, skips))  # fmt: skip

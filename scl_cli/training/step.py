@@ -49,12 +49,27 @@ class TrainStep(nn.Module):
             f"{name}/{key}" for name, objective in objectives.items() for key in objective.clip_logs()
         )
 
+    def _full_width(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with its captions padded back to max_len (`data.pad_to_multiple`): every process
+        then gathers masked-word features of one width."""
+        width = self.model.config.text.max_len
+        missing = width - batch["text_ids"].shape[1]
+        if missing <= 0:
+            return batch
+        return {
+            **batch,
+            "text_ids": nn.functional.pad(batch["text_ids"], (0, missing), value=self.spec.pad_id),
+            "text_mask": nn.functional.pad(batch["text_mask"], (0, missing), value=0),
+        }
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Returns `total` (weighted sum, with gradient) and detached per-objective values:
         `NAME` for each loss and `NAME/extra` for what an objective reports besides."""
         device, rows = batch["text_ids"].device, batch["text_ids"].shape[0]
         # Meta tensors (shape-only dry runs) never communicate: they run as one process.
         info = dist_info() if device.type != "meta" else DistInfo()
+        if info.world_size > 1:
+            batch = self._full_width(batch)
         rnd = StepRandom(self.seed, self.draws, device, rows, info.rank, info.world_size)
         self.draws += 1
         declared = [objective.encodings() for objective in self.objectives.values()]

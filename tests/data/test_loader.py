@@ -68,6 +68,32 @@ def test_batch_layout(tiny_root: Path, tokenizer: TextTokenizer) -> None:
     assert -2.5 < model_input.min() < model_input.max() < 2.5  # CLIP-normalised
 
 
+def test_pad_to_multiple_cuts_only_columns_of_padding(tiny_root: Path, tokenizer: TextTokenizer) -> None:
+    full = batches(tiny_root, tokenizer, 4, max_len=40)
+    short = batches(tiny_root, tokenizer, 4, max_len=40, pad_to_multiple=4)
+    for a, b in zip(full, short, strict=True):
+        width = b["text_ids"].shape[1]
+        longest = int(a["text_mask"].sum(dim=1).max())
+        assert width % 4 == 0 and longest <= width < longest + 4
+        assert torch.equal(a["text_ids"][:, :width], b["text_ids"]) and torch.equal(
+            a["text_mask"][:, :width], b["text_mask"]
+        )
+        assert not a["text_mask"][:, width:].any()
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["index"], b["index"])
+
+
+def test_trim_padding_never_exceeds_max_len() -> None:
+    from scl_cli.data.collate import trim_padding
+
+    mask = torch.zeros(3, 10, dtype=torch.long)
+    mask[0, :9] = 1
+    ids = torch.arange(30).view(3, 10)
+    assert trim_padding(ids, mask, 4)[0].shape == (3, 10)  # 9 rounds up to 12: capped at 10
+    mask[0, 5:] = 0
+    assert trim_padding(ids, mask, 4)[0].shape == (3, 8)
+    assert trim_padding(ids, mask, 0)[0] is ids
+
+
 def test_same_arguments_same_batches(tiny_root: Path, tokenizer: TextTokenizer) -> None:
     first = batches(tiny_root, tokenizer, 6)
     assert_same(first, batches(tiny_root, tokenizer, 6))

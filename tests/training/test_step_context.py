@@ -199,3 +199,45 @@ def test_rank_scores_of_two_image_variants_in_one_pass_equal_each_alone():
         assert torch.allclose(both[:B], rank_scores(ctx, rows, rows), atol=1e-5)
         assert torch.allclose(both[B:], rank_scores(ctx, rows, rows, ("reversed",)), atol=1e-5)
         assert not torch.allclose(both[:B], both[B:])
+
+
+def test_a_batch_trimmed_to_its_longest_caption_gives_the_same_losses_and_gradients():
+    """`data.pad_to_multiple`: the columns cut are padding in every row, and the text masks are drawn
+    at max_len then cut, so the step sees the same masks and computes the same losses. (The text
+    encoder's dropout draws [B, L, D] from the global RNG, so in training mode only those draws
+    differ: the test turns dropout off.)"""
+    full = make_batch()
+    full["text_ids"][:, 7:], full["text_mask"][:, 7:] = PAD, 0  # the longest caption: 7 tokens
+    full["text_ids"][:, 6] = 2
+    trimmed = {**full, "text_ids": full["text_ids"][:, :8], "text_mask": full["text_mask"][:, :8]}
+    outs, grads = [], []
+    for batch in (full, trimmed):
+        model = tiny_model().eval()
+        out = step(model, ALL)(batch)
+        out["total"].backward()
+        outs.append({k: v.detach() for k, v in out.items()})
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert set(outs[0]) == set(outs[1])
+    for key in outs[0]:
+        torch.testing.assert_close(outs[1][key], outs[0][key], rtol=1e-5, atol=1e-5, msg=key)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_several_processes_pad_a_trimmed_batch_back_to_max_len(monkeypatch):
+    """Masked-word features are gathered across processes: every rank must give them one width."""
+    import scl_cli.training.step as step_module
+
+    model = tiny_model()
+    module = step(model, {"itc": {}})
+    seen = []
+    monkeypatch.setattr(step_module, "dist_info", lambda: step_module.DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr(step_module, "StepContext", lambda m, batch, *a, **k: seen.append(batch) or 1 / 0)
+    batch = make_batch()
+    batch = {**batch, "text_ids": batch["text_ids"][:, :8], "text_mask": batch["text_mask"][:, :8]}
+    with pytest.raises(ZeroDivisionError):
+        module(batch)
+    ids, mask = seen[0]["text_ids"], seen[0]["text_mask"]
+    assert ids.shape == mask.shape == (B, L)
+    assert (
+        torch.equal(ids[:, :8], batch["text_ids"]) and (ids[:, 8:] == PAD).all() and (mask[:, 8:] == 0).all()
+    )
