@@ -47,7 +47,7 @@ class DataConfig(Section):
         ge=0,
         description="0: every caption padded to model.text.max_len (fixed shapes, what torch.compile and "
         "CUDA graphs want). N: each pre-training batch padded only to its longest caption, rounded up to a "
-        "multiple of N (fewer text tokens: the tiny recipe's step is 15% faster on CPU). The masks are "
+        "multiple of N (fewer text tokens: the tiny recipe's step is 13% faster on CPU). The masks are "
         "the same either way. With several processes the step pads back to max_len, since masked-word "
         "features are gathered across processes at one width.",
     )
