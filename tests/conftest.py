@@ -68,3 +68,22 @@ def tiny_overrides(root: Path, run: Path, steps: int = 4, **extra: object) -> li
     for key, value in sets.items():
         out += ["--set", f"{key}={value}"]
     return out
+
+
+def spawn_gloo(worker, args: tuple, world: int, out_dir: Path) -> None:
+    """`mp.spawn(worker, args, nprocs=world)` for the gloo tests, whose workers save `rank{r}.pt` once
+    their collectives are done. Rarely (once in about twenty full runs here) a worker aborts while
+    gloo tears down ("terminate called without an active exception", SIGABRT) after both saved their
+    results; that is not what these tests check, so it is let through when every rank's file loads.
+    Any other failure, or an abort before the results are saved, fails the test."""
+    import torch
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(worker, args=args, nprocs=world, join=True)
+    except mp.ProcessExitedException as err:
+        saved = [Path(out_dir) / f"rank{r}.pt" for r in range(world)]
+        if err.signal_name != "SIGABRT" or not all(p.is_file() for p in saved):
+            raise
+        for path in saved:
+            torch.load(path, weights_only=True)  # a file cut short by the abort fails here

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from scl_cli.config.recipe import (
     FusionConfig,
@@ -26,6 +25,7 @@ from scl_cli.config.recipe import (
     TopologyConfig,
     VisionConfig,
 )
+from scl_cli.data.collate import trim_padding
 from scl_cli.model import SCLModel
 from scl_cli.objectives import build_objectives, validate_objectives
 from scl_cli.objectives.masking import TextSpec
@@ -33,6 +33,7 @@ from scl_cli.training.freeze import freeze_unreachable
 from scl_cli.training.parallel import wrap_data_parallel
 from scl_cli.training.runtime import Runtime
 from scl_cli.training.step import TrainStep
+from tests.conftest import spawn_gloo
 
 WORLD, GLOBAL_BATCH, VOCAB, PAD, L, SEED = 2, 8, 60, 1, 10, 5
 SPEC = TextSpec(VOCAB, PAD, 4, torch.arange(5), torch.ones(VOCAB, dtype=torch.bool))
@@ -44,6 +45,10 @@ CASES: dict[str, tuple[dict, str]] = {
     "itc alone (fusion and heads frozen)": ({"itc": {}}, "ddp"),
     "all, FSDP2": ({**EVERY, "itm": {"negatives": "hard"}}, "fsdp"),
 }
+
+# Captions of 4-6 tokens on rank 0 and up to 10 on rank 1, each rank's batch cut to its longest.
+RAGGED = [5, 6, 4, 6, 9, 8, 10, 9]
+TRIMMED = "all, hard ITM negatives, each rank padded to its longest caption"
 
 
 def tiny_model() -> SCLModel:
@@ -58,10 +63,11 @@ def tiny_model() -> SCLModel:
     return SCLModel(cfg, VOCAB, PAD).eval()  # eval: no dropout
 
 
-def global_batch() -> dict[str, torch.Tensor]:
+def global_batch(lengths: list[int] | None = None) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(5, VOCAB, (GLOBAL_BATCH, L), generator=g)
-    lengths = torch.randint(4, L + 1, (GLOBAL_BATCH,), generator=g)
+    drawn = torch.randint(4, L + 1, (GLOBAL_BATCH,), generator=g)
+    lengths = drawn if lengths is None else torch.tensor(lengths)
     pos = torch.arange(L)[None]
     ids[:, 0] = 0
     ids = torch.where(pos == lengths[:, None] - 1, torch.full_like(ids, 2), ids)
@@ -103,6 +109,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         rows = GLOBAL_BATCH // WORLD
         local = {k: v[rank * rows : (rank + 1) * rows] for k, v in global_batch().items()}
         results = {name: run_step(objs, strategy, runtime, local) for name, (objs, strategy) in CASES.items()}
+        # `data.pad_to_multiple`: each rank's batch padded only to its own longest caption (6 and 10)
+        ragged = {k: v[rank * rows : (rank + 1) * rows] for k, v in global_batch(RAGGED).items()}
+        ids, mask = trim_padding(ragged["text_ids"], ragged["text_mask"], 1)
+        assert ids.shape[1] == (6, 10)[rank]
+        results[TRIMMED] = run_step(
+            *CASES["all, hard ITM negatives"], runtime, {**ragged, "text_ids": ids, "text_mask": mask}
+        )
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()
     finally:
@@ -117,7 +130,7 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(sys.platform != "linux" or not dist.is_available(), reason="gloo test runs on Linux")
 def test_two_processes_match_one_process_for_every_objective(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, (_free_port(), str(tmp_path)), WORLD, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     single = Runtime(torch.device("cpu"), "fp32")
     threads = torch.get_num_threads()
@@ -127,9 +140,10 @@ def test_two_processes_match_one_process_for_every_objective(tmp_path: Path) -> 
             name: run_step(objectives, strategy, single, global_batch())
             for name, (objectives, strategy) in CASES.items()
         }
+        wanted[TRIMMED] = run_step(*CASES["all, hard ITM negatives"], single, global_batch(RAGGED))
     finally:
         torch.set_num_threads(threads)
-    for name in CASES:
+    for name in wanted:
         want_logs, want_grads = wanted[name]
         for rank, results in enumerate(ranks):
             logs, grads = results[name]

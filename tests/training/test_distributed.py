@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from scl_cli.distributed import (
     all_reduce_sum,
@@ -21,6 +20,7 @@ from scl_cli.distributed import (
     is_dist,
     logged_mean,
 )
+from tests.conftest import spawn_gloo
 
 WORLD = 2
 
@@ -90,7 +90,7 @@ def _free_port() -> int:
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     torch.manual_seed(0)
     data = torch.randn(6, 3)
-    mp.spawn(_worker, args=(_free_port(), data, str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, (_free_port(), data, str(tmp_path)), WORLD, tmp_path)
     results = {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)}
 
     reference = data.clone().requires_grad_(True)

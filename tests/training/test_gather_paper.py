@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from scl_cli.config.recipe import MaskingConfig, TopologyConfig
@@ -32,6 +31,7 @@ from scl_cli.training.freeze import freeze_unreachable
 from scl_cli.training.parallel import wrap_data_parallel
 from scl_cli.training.runtime import Runtime
 from scl_cli.training.step import TrainStep
+from tests.conftest import spawn_gloo
 
 from .test_ddp_equivalence import GLOBAL_BATCH, SEED, SPEC, WORLD, _free_port, global_batch, tiny_model
 
@@ -210,7 +210,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     if sys.platform != "linux" or not dist.is_available():
         pytest.skip("gloo test runs on Linux")
     out = tmp_path_factory.mktemp("gather_paper")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    spawn_gloo(_worker, (_free_port(), str(out)), WORLD, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
