@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -70,17 +71,24 @@ def tiny_overrides(root: Path, run: Path, steps: int = 4, **extra: object) -> li
     return out
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's process group or torchrun rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def spawn_gloo(worker, args: tuple, world: int, out_dir: Path) -> None:
-    """`mp.spawn(worker, args, nprocs=world)` for the gloo tests, whose workers save `rank{r}.pt` once
-    their collectives are done. Rarely (once in about twenty full runs here) a worker aborts while
-    gloo tears down ("terminate called without an active exception", SIGABRT) after both saved their
-    results; that is not what these tests check, so it is let through when every rank's file loads.
-    Any other failure, or an abort before the results are saved, fails the test."""
+    """`worker(rank, port, *args)` in `world` processes (`mp.spawn`) for the gloo tests, whose workers
+    save `rank{r}.pt` in `out_dir` once their collectives are done. A worker has been seen to abort
+    while gloo tears down ("terminate called without an active exception", SIGABRT) after both saved
+    their results; that is not what these tests check, so it is let through when every rank's file
+    loads. Any other failure, or an abort before the results are saved, fails the test."""
     import torch
     import torch.multiprocessing as mp
 
     try:
-        mp.spawn(worker, args=args, nprocs=world, join=True)
+        mp.spawn(worker, args=(free_port(), *args), nprocs=world, join=True)
     except mp.ProcessExitedException as err:
         saved = [Path(out_dir) / f"rank{r}.pt" for r in range(world)]
         if err.signal_name != "SIGABRT" or not all(p.is_file() for p in saved):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from scl_cli.errors import DataError
 from scl_cli.io.checkpoints import list_checkpoints
 from scl_cli.training import launch
 
-from .conftest import RECIPES, ROOT, run_scl, tiny_overrides
+from .conftest import RECIPES, ROOT, free_port, run_scl, tiny_overrides
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or not dist.is_available(), reason="gloo test runs on Linux"
@@ -46,12 +45,6 @@ def _worst(a: Path, b: Path) -> float:
 
 def _losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -146,7 +139,7 @@ def test_two_processes_resume_exactly_after_a_kill(shapes_root: Path, straight: 
 def test_two_nodes_train_what_one_node_with_two_processes_does(
     shapes_root: Path, straight: Path, tmp_path: Path
 ) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     runs = [tmp_path / f"node{rank}" for rank in (0, 1)]
     nodes = []
     for rank, run in enumerate(runs):
@@ -177,7 +170,7 @@ def test_two_nodes_train_what_one_node_with_two_processes_does(
 
 
 def test_killing_one_node_stops_the_other_with_one_line(shapes_root: Path, tmp_path: Path) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     runs = [tmp_path / f"node{rank}" for rank in (0, 1)]
     nodes = []
     for rank, run in enumerate(runs):

@@ -120,13 +120,8 @@ class CaptionBatch:
         self, tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int,
         pad_to_multiple: int = 0,
     ) -> None:  # fmt: skip
-        self.tokenizer, self.transform, self.max_len, self.num_frames = (
-            tokenizer,
-            transform,
-            max_len,
-            num_frames,
-        )
-        self.pad_to_multiple = pad_to_multiple
+        self.tokenizer, self.transform, self.max_len = tokenizer, transform, max_len
+        self.num_frames, self.pad_to_multiple = num_frames, pad_to_multiple
 
     def prepare(self, item: Item) -> tuple[str, torch.Tensor, int, str]:
         sample, index, rng = item
@@ -150,14 +145,6 @@ class CaptionBatch:
 
     def __call__(self, items: list[Item]) -> dict[str, torch.Tensor]:
         return self.combine([self.prepare(item) for item in items])
-
-
-def caption_batch(
-    items: list[Item], tokenizer: TextTokenizer, transform: ImageTransform, max_len: int, num_frames: int,
-    pad_to_multiple: int = 0,
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """The pre-training batch of `items` (see `CaptionBatch`)."""
-    return CaptionBatch(tokenizer, transform, max_len, num_frames, pad_to_multiple)(items)
 
 
 def trim_padding(ids: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:

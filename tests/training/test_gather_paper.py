@@ -33,7 +33,7 @@ from scl_cli.training.runtime import Runtime
 from scl_cli.training.step import TrainStep
 from tests.conftest import spawn_gloo
 
-from .test_ddp_equivalence import GLOBAL_BATCH, SEED, SPEC, WORLD, _free_port, global_batch, tiny_model
+from .test_ddp_equivalence import GLOBAL_BATCH, SEED, SPEC, WORLD, global_batch, tiny_model
 
 PAPER_MASKS = MaskingConfig(
     mlm_selection="wwm_collator", scl_text_sampling="with_replacement", patch_count="floor"
@@ -210,7 +210,7 @@ def ranks(tmp_path_factory) -> list[dict]:
     if sys.platform != "linux" or not dist.is_available():
         pytest.skip("gloo test runs on Linux")
     out = tmp_path_factory.mktemp("gather_paper")
-    spawn_gloo(_worker, (_free_port(), str(out)), WORLD, out)
+    spawn_gloo(_worker, (str(out),), WORLD, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
