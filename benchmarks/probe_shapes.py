@@ -10,7 +10,9 @@ Three probes, all on data the model never saw:
    by ITC alone, then with the top `--rerank` re-scored by the fusion score (the ITM match logit;
    the rank head after retrieval fine-tuning), exactly as `scl retrieve --rerank` does. Reported:
    the share of hits with the queried colour *and* shape (chance 1/30 x 30 = 3.3%), colour alone
-   (chance 1/6) and shape alone (chance 1/5), averaged over the queries.
+   (chance 1/6) and shape alone (chance 1/5), averaged over the queries; and the share of hits that
+   are small shapes (chance: their share of the renders, about half), since the queries name no
+   size: a scorer that prefers small shapes, whose outlines are harder to read, loses shape hits.
 2. **ITM on held-out pairs**: every image of `--split` (test by default: never trained on) with
    one of its captions, half of the pairs given another image of the split at random (the
    paper's ITM negatives). Accuracy of the ITM head's argmax (chance 0.5).
@@ -133,9 +135,9 @@ def probe_search(probe: Probe, seed: int, per_combo: int, image_size: int, top: 
     text_itc, text_tokens, mask = probe.texts([_a(f"{c} {s}") for c, s in queries])
     similarity = text_itc @ image_itc.T  # [Q, N]
     shortlist = similarity.topk(max(top, rerank), dim=1).indices
-    result: dict[str, dict[str, float]] = {}
+    result: dict[str, dict] = {}
     for mode in ("itc", "reranked"):
-        both = color = shape = 0.0
+        both = color = shape = small = 0.0
         for q, (c, s) in enumerate(queries):
             ids = shortlist[q]
             if mode == "reranked":
@@ -150,10 +152,45 @@ def probe_search(probe: Probe, seed: int, per_combo: int, image_size: int, top: 
             both += sum(o.color == c and o.shape == s for o in hits) / top
             color += sum(o.color == c for o in hits) / top
             shape += sum(o.shape == s for o in hits) / top
+            small += sum(o.size == "small" for o in hits) / top
         n = len(queries)
-        result[mode] = {"color_and_shape": 100 * both / n, "color": 100 * color / n, "shape": 100 * shape / n}
-    return {"images": len(renders), "queries": len(queries), "top": top, "rerank": rerank, **result,
-            "chance": {"color_and_shape": 100 / len(queries), "color": 100 / len(COLORS), "shape": 100 / len(SHAPES)}}  # fmt: skip
+        result[mode] = {"color_and_shape": 100 * both / n, "color": 100 * color / n, "shape": 100 * shape / n,
+                        "small": 100 * small / n}  # fmt: skip
+    result["shape_auc"] = shape_auc(probe, objects, queries, similarity, text_tokens, mask, image_tokens)
+    chance = {"color_and_shape": 100 / len(queries), "color": 100 / len(COLORS), "shape": 100 / len(SHAPES),
+              "small": 100 * sum(o.size == "small" for o in objects) / len(objects)}  # fmt: skip
+    return {"images": len(renders), "queries": len(queries), "top": top, "rerank": rerank, **result, "chance": chance}
+
+
+def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """Probability that a positive scores above a negative, ties counting half (Mann-Whitney)."""
+    diff = positive.float()[:, None] - negative.float()[None, :]
+    return ((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()).item()
+
+
+def shape_auc(probe: Probe, objects: list[ShapeObject], queries: list[tuple[str, str]], similarity: torch.Tensor,
+              text_tokens: torch.Tensor, mask: torch.Tensor, image_tokens: torch.Tensor) -> dict:  # fmt: skip
+    """How well each score tells the queried shape from the other four among the renders of the
+    queried colour, for small and for large shapes apart: the AUC per query (ITC similarity; fusion
+    score of every such pair, not only a shortlist), averaged over the queries that have renders of
+    both kinds at that size (nan if none has)."""
+    out: dict[str, dict[str, float]] = {"itc": {}, "fusion": {}}
+    for size in SIZES:
+        sums, counted = {"itc": 0.0, "fusion": 0.0}, 0
+        for q, (c, s) in enumerate(queries):
+            ids = torch.tensor([i for i, o in enumerate(objects) if o.color == c and o.size == size])
+            match = torch.tensor([objects[i].shape == s for i in ids.tolist()], dtype=torch.bool)
+            n = len(ids)
+            if match.all() or not match.any():
+                continue
+            counted += 1
+            fused = probe.fusion(text_tokens[q : q + 1].expand(n, -1, -1), mask[q : q + 1].expand(n, -1),
+                                 image_tokens[ids])  # fmt: skip
+            for name, scores in (("itc", similarity[q, ids]), ("fusion", fused)):
+                sums[name] += auc(scores[match], scores[~match])
+        for name in sums:
+            out[name][size] = sums[name] / counted if counted else float("nan")
+    return out
 
 
 # ----------------------------------------------------------------------------- held-out data
@@ -272,12 +309,13 @@ def summary(report: dict) -> dict[str, float]:
 def print_report(r: dict) -> None:
     s = r["search"]
     print(f"fresh renders: {s['images']} images (one shape each, seed {r['seed']}), {s['queries']} colour x shape queries, top {s['top']}")
-    print(f"  {'':<22}{'colour+shape':>13}{'colour':>9}{'shape':>9}")
-    for mode, name in (("itc", "ITC"), ("reranked", f"ITC, top {s['rerank']} re-ranked")):
+    print(f"  {'':<22}{'colour+shape':>13}{'colour':>9}{'shape':>9}{'small':>9}")
+    for mode, name in (("itc", "ITC"), ("reranked", f"ITC, top {s['rerank']} re-ranked"), ("chance", "chance")):
         m = s[mode]
-        print(f"  {name:<22}{m['color_and_shape']:>12.1f}%{m['color']:>8.1f}%{m['shape']:>8.1f}%")
-    c = s["chance"]
-    print(f"  {'chance':<22}{c['color_and_shape']:>12.1f}%{c['color']:>8.1f}%{c['shape']:>8.1f}%")
+        print(f"  {name:<22}{m['color_and_shape']:>12.1f}%{m['color']:>8.1f}%{m['shape']:>8.1f}%{m['small']:>8.1f}%")
+    a = s["shape_auc"]
+    print(f"  shape AUC among the queried colour, small / large shapes: ITC {a['itc']['small']:.3f} / "
+          f"{a['itc']['large']:.3f}, fusion {a['fusion']['small']:.3f} / {a['fusion']['large']:.3f} (chance 0.5)")
     i = r["itm"]
     print(f"ITM on held-out {r['split']} pairs, random negatives: accuracy {i['accuracy']:.3f} ({i['pairs']} pairs, chance 0.5)")
     print(f"one axis at a time ({r['split']} images; true caption vs one thing changed; chance 50%):")
