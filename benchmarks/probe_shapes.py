@@ -13,6 +13,8 @@ Three probes, all on data the model never saw:
    (chance 1/6) and shape alone (chance 1/5), averaged over the queries; and the share of hits that
    are small shapes (chance: their share of the renders, about half), since the queries name no
    size: a scorer that prefers small shapes, whose outlines are harder to read, loses shape hits.
+   Last, per size, how well ITC and the fusion tell the queried shape from the other four among
+   all renders of the queried colour (AUC, chance 0.5), whatever the shortlist held.
 2. **ITM on held-out pairs**: every image of `--split` (test by default: never trained on) with
    one of its captions, half of the pairs given another image of the split at random (the
    paper's ITM negatives). Accuracy of the ITM head's argmax (chance 0.5).
