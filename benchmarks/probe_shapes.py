@@ -57,6 +57,7 @@ from scl_cli.data.shapes import (
     render_scene,
 )
 from scl_cli.data.shards import iter_tar_samples, read_manifest
+from scl_cli.errors import SclError
 from scl_cli.inference import SCL
 from scl_cli.io.atomic import atomic_write_json
 
@@ -340,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    report = run(args.ckpt, args.data, args.split, args.seed, args.per_combo, args.top, args.rerank, args.limit)
+    try:
+        report = run(args.ckpt, args.data, args.split, args.seed, args.per_combo, args.top, args.rerank, args.limit)
+    except SclError as err:  # a missing checkpoint or data set: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print_report(report)
     if args.json:
         atomic_write_json(args.json, report)

@@ -122,3 +122,11 @@ def test_probe_runs_on_a_pretrained_checkpoint(tiny_run, shapes_root, capsys) ->
     }
     probe_shapes.print_report(report)
     assert "shape AUC among the queried colour" in capsys.readouterr().out
+
+
+def test_a_missing_checkpoint_or_data_set_is_one_line(tiny_run, shapes_root, tmp_path, capsys) -> None:
+    for args in (["--ckpt", str(tmp_path / "nope"), "--data", str(shapes_root / "shapes")],
+                 ["--ckpt", str(tiny_run), "--data", str(tmp_path / "nope")]):  # fmt: skip
+        assert probe_shapes.main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "nope" in err and "\n" not in err and "Traceback" not in err
